@@ -1,0 +1,291 @@
+"""Configuration: frozen dataclasses are the one schema; YAML holds only what differs.
+
+A config has four sections:
+
+    data:   DataConfig fields (dataset name, splits, root, dataset options)
+    method: {name: <registered method>, <constructor argument>: value, ...}
+    train:  TrainConfig fields (diffrep.train)
+    eval:   EvalConfig fields (diffrep.eval)
+
+The `method` section is validated against the registered constructor's signature, so method
+defaults live in exactly one place: the constructor. `--set a.b=value` overrides any key;
+values are parsed as YAML scalars. Every mistake raises `UserError` naming the key and the
+valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from diffrep.errors import UserError
+
+# --------------------------------------------------------------------------- type checking
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` converted to annotation `tp`, or raise UserError naming `key`."""
+    if tp is inspect.Parameter.empty or tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        raise UserError(
+            f"{key}: {value!r} is not allowed; choose one of: {', '.join(map(repr, choices))}"
+        )
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise UserError(f"{key}: expected {len(args)} items, got {len(value)}")
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        inner = args[0] if args else Any
+        out = [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{key}: expected a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _hints(obj: Callable[..., Any]) -> dict[str, Any]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to no checking
+        return {}
+
+
+def check_kwargs(ctor: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
+    """Validate (and coerce in place) keyword arguments against `ctor`'s signature."""
+    sig = inspect.signature(ctor)
+    params = {
+        n: p
+        for n, p in sig.parameters.items()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self", "data_shape")
+    }
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    hints = _hints(ctor)
+    for key in list(kwargs):
+        if key not in params:
+            if accepts_any:
+                continue
+            raise UserError(
+                f"{where}: unknown option {key!r}; valid options: {', '.join(sorted(params))}"
+            )
+        kwargs[key] = coerce(kwargs[key], hints.get(key, params[key].annotation), key)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    train_split: str = "train"
+    eval_split: str = "test"
+    root: str | None = None  # else $DIFFREP_DATA, else ../shared/data-style defaults
+    options: dict = field(default_factory=dict)  # dataset-specific keyword arguments
+
+
+def _train_config_cls():
+    from diffrep.train import TrainConfig
+
+    return TrainConfig
+
+
+def _eval_config_cls():
+    from diffrep.eval import EvalConfig
+
+    return EvalConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    method: dict  # {"name": ..., constructor kwargs ...}
+    train: Any  # diffrep.train.TrainConfig
+    eval: Any  # diffrep.eval.EvalConfig
+
+    @property
+    def method_name(self) -> str:
+        return self.method["name"]
+
+    @property
+    def method_args(self) -> dict:
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    def to_dict(self) -> dict:
+        return {
+            "data": dataclasses.asdict(self.data),
+            "method": dict(self.method),
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+        }
+
+
+def _build_section(cls: type, values: dict, section: str):
+    if not isinstance(values, dict):
+        raise UserError(f"{section}: expected a mapping of options, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise UserError(
+                f"{section}.{key}: unknown option; valid options: {', '.join(sorted(names))}"
+            )
+        kwargs[key] = coerce(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**kwargs)
+    except (ValueError, UserError) as e:  # __post_init__ range checks
+        raise UserError(f"{section}: {e}") from None
+
+
+SECTIONS = ("data", "method", "train", "eval")
+
+
+def config_from_dict(raw: dict | None) -> Config:
+    raw = dict(raw or {})
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise UserError(
+            f"unknown config section(s) {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS)}"
+        )
+    from diffrep.methods import METHODS
+
+    method = dict(raw.get("method") or {})
+    if not isinstance(raw.get("method", {}), dict):
+        raise UserError("method: expected a mapping like {name: vae, latent_dim: 16}")
+    method.setdefault("name", "vae")
+    ctor = METHODS.get(method["name"])
+    args = {k: v for k, v in method.items() if k != "name"}
+    check_kwargs(ctor, args, where=f"method {method['name']!r}")
+    return Config(
+        data=_build_section(DataConfig, raw.get("data") or {}, "data"),
+        method={"name": method["name"], **args},
+        train=_build_section(_train_config_cls(), raw.get("train") or {}, "train"),
+        eval=_build_section(_eval_config_cls(), raw.get("eval") or {}, "eval"),
+    )
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=500")
+    key, _, text = item.partition("=")
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise UserError(f"--set {item!r}: the key needs a section, e.g. train.steps or method.beta")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise UserError(f"--set {item!r}: {part} is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(
+            f"config file {str(p)!r} not found; pass a YAML file such as configs/vae-digits.yaml"
+        )
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(
+            f"config file {str(p)!r} must hold a mapping of sections ({', '.join(SECTIONS)})"
+        )
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

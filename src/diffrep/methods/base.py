@@ -1,0 +1,89 @@
+"""The method contract and the method registry.
+
+A method is an `nn.Module` that owns its parts (encoder, networks, schedule, prior) and exposes:
+
+- `loss(batch) -> dict[str, Tensor[B]]`: per-example terms in nats; the training objective is
+  under "loss". The trainer knows nothing else about a method.
+- `encode(x0) -> Tensor[B, Z]`: the representation (the posterior mean for variational methods).
+- where they apply: `reconstruct(x0)`, `sample(n, generator=None)`, `elbo(x0)`,
+  `posterior(x0) -> (mean, logvar)` for methods with a Gaussian encoder.
+
+`elbo(x0)` returns named per-example terms in nats whose "total" is the negative ELBO of the
+*discrete* 8-bit data (an upper bound on -log P(x) in nats) when `bound_is_valid` is True;
+evaluation divides it by D ln 2 to get bits per dim (see `diffrep.data.bits_per_dim`).
+
+Images inside methods are in model space: float32 in (-1, 1) with centred 8-bit bins,
+x0 = (2 k + 1) / 256 - 1 for k in {0..255} (`diffrep.data.to_model_input`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffrep.registry import Registry
+
+Batch = dict[str, torch.Tensor]  # {"x0": [B, C, H, W] model space, "y": [B] int64 (-1: no label)}
+
+METHODS: Registry[Method] = Registry("method")
+
+_OPTIONAL = ("encode", "reconstruct", "sample", "elbo", "posterior")
+
+
+class Method(nn.Module):
+    """Base class: subclasses implement `loss` and whichever optional capabilities apply."""
+
+    #: False for objectives that are not a bound (e.g. a "simple" unweighted diffusion loss):
+    #: evaluation and reports then label the number as "not a bound".
+    bound_is_valid: bool = True
+
+    def __init__(self, data_shape: tuple[int, int, int]):
+        super().__init__()
+        self.data_shape = tuple(int(s) for s in data_shape)  # (C, H, W)
+
+    @property
+    def dim(self) -> int:
+        """D, the number of pixel values per image (for bits per dim)."""
+        c, h, w = self.data_shape
+        return c * h * w
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, x0: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reconstruct(self, x0: torch.Tensor, generator: torch.Generator | None = None):
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator | None = None, **kw: Any):
+        raise NotImplementedError
+
+    def elbo(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def posterior(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def can(self, capability: str) -> bool:
+        """True if this method implements the optional `capability` (e.g. "sample")."""
+        if capability not in _OPTIONAL:
+            raise ValueError(f"unknown capability {capability!r}; one of {_OPTIONAL}")
+        return getattr(type(self), capability) is not getattr(Method, capability)
+
+    def capabilities(self) -> list[str]:
+        return [c for c in _OPTIONAL if self.can(c)]
+
+
+def build_method(name: str, data_shape: tuple[int, int, int], **kwargs: Any) -> Method:
+    """Build a registered method from its name, the data shape and its constructor arguments."""
+    import diffrep.methods  # noqa: F401  (populates the registry)
+
+    return METHODS.build(name, data_shape, **kwargs)
