@@ -1,0 +1,252 @@
+"""The `diffrep` command line. Imports nothing heavy until a command runs, so --help is instant.
+
+Every user mistake surfaces as `UserError`: one message on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from diffrep import __version__
+from diffrep.errors import UserError
+
+EPILOG = """examples:
+  diffrep train configs/vae-digits.yaml --out runs/vae
+  diffrep eval runs/vae && diffrep report runs/vae
+  diffrep sample runs/vae -n 64 --out samples.png
+  diffrep compare runs/vae runs/vdm --csv table.csv
+  diffrep data list
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="diffrep",
+        description="Representation learning with diffusion models.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"diffrep {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a method from a YAML config")
+    t.add_argument("config", help="YAML config (see configs/); only what differs from defaults")
+    t.add_argument("--out", help="run directory (default: runs/<config name>)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=500 (repeatable)",
+    )
+    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (overrides train.device)")
+
+    e = sub.add_parser("eval", help="evaluate a run; writes RUN_DIR/eval.json")
+    e.add_argument("run_dir")
+    e.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an eval option, e.g. --set eval.iw_samples=128",
+    )
+    e.add_argument("--device", default=None)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run into a PNG grid")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
+    s.add_argument("--sampler", help="diffusion sampler: ancestral, ddim, ode (where it applies)")
+    s.add_argument("--steps", type=int, help="number of sampling steps (diffusion methods)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None)
+
+    r = sub.add_parser("report", help="write RUN_DIR/report.html (self-contained)")
+    r.add_argument("run_dir")
+
+    c = sub.add_parser("compare", help="compare evaluated runs side by side")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--csv", help="also write the table as CSV to this file")
+    c.add_argument("--format", choices=["markdown", "json"], default="markdown")
+
+    d = sub.add_parser("data", help="list, describe or download datasets")
+    dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.add_parser("list", help="the registered datasets")
+    di = dsub.add_parser("info", help="shape, sizes and location of one dataset")
+    di.add_argument("name")
+    di.add_argument("--root")
+    df = dsub.add_parser("fetch", help="download a dataset (with sha256 checks)")
+    df.add_argument("name")
+    df.add_argument("--root", help="where to put it (default $DIFFREP_DATA or ./data)")
+
+    f = sub.add_parser("fidnet", help="the domain feature network behind domain FID/KID")
+    fsub = f.add_subparsers(dest="fidnet_command", metavar="ACTION")
+    ft = fsub.add_parser("train", help="train (or reuse the cached) feature network")
+    ft.add_argument("dataset")
+    ft.add_argument("--split", default="train")
+    ft.add_argument("--root")
+    ft.add_argument("--out", help="weights file (default: the cache)")
+    return p
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cmd_train(args) -> int:
+    from diffrep.config import load_config
+    from diffrep.data import load_dataset
+    from diffrep.methods import build_method
+    from diffrep.runs import write_run_info
+    from diffrep.train import train
+
+    overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    ckpt = out / "checkpoint"
+    if args.resume and not ckpt.is_dir():
+        raise UserError(
+            f"--resume: {out} has no checkpoint/ to continue from; drop --resume to start"
+        )
+    if not args.resume and ckpt.is_dir():
+        raise UserError(
+            f"{out} already holds a trained run; pass --resume to continue it or a new --out"
+        )
+    data = load_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root, **cfg.data.options)
+    method = build_method(cfg.method_name, data.shape, **cfg.method_args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_run_info(out, cfg, data.shape)
+    n_params = sum(p.numel() for p in method.parameters())
+    _say(
+        f"training {cfg.method_name} ({n_params / 1e6:.2f}M parameters) on {cfg.data.name} "
+        f"{cfg.data.train_split} ({len(data)} images {tuple(data.shape)}) -> {out}"
+    )
+    summary = train(method, data, out, cfg.train, resume=args.resume)
+    if summary:
+        _say("done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
+    _say(f"next: diffrep eval {out} && diffrep report {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from diffrep.eval import run_eval
+
+    result = run_eval(args.run_dir, overrides=list(args.set), device=_device(args.device))
+    print(json.dumps(result, indent=2, default=_fmt))
+    _say(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from diffrep.data import to_uint8
+    from diffrep.eval.plots import save_image_grid
+    from diffrep.runs import load_run
+
+    if args.n < 1:
+        raise UserError("-n must be at least 1")
+    device = _device(args.device)
+    method, _ = load_run(args.run_dir, device=device)
+    if not method.can("sample"):
+        raise UserError(f"method {type(method).__name__} cannot sample")
+    kw = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = method.sample(args.n, generator=gen, **kw)
+    save_image_grid(to_uint8(x.cpu()), args.out)
+    _say(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from diffrep.report import write_report
+
+    path = write_report(args.run_dir)
+    _say(f"wrote {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from diffrep.report import compare
+
+    print(compare(args.run_dirs, fmt=args.format, csv_path=args.csv))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from diffrep import data
+
+    if args.data_command == "list":
+        print(data.describe_datasets())
+    elif args.data_command == "info":
+        print(data.describe_dataset(args.name, root=args.root))
+    elif args.data_command == "fetch":
+        for p in data.fetch(args.name, root=args.root):
+            print(p)
+    else:
+        raise UserError("diffrep data needs an action: list, info NAME or fetch NAME")
+    return 0
+
+
+def cmd_fidnet(args) -> int:
+    from diffrep.eval.fid import train_fidnet
+
+    if args.fidnet_command != "train":
+        raise UserError("diffrep fidnet needs an action: train DATASET")
+    path = train_fidnet(args.dataset, split=args.split, root=args.root, out=args.out)
+    print(path)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "sample": cmd_sample,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "data": cmd_data,
+    "fidnet": cmd_fidnet,
+}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"diffrep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

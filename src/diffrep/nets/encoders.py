@@ -1,0 +1,127 @@
+"""Convolutional encoder and decoder shared by vae, dae, drl, pdae and vae_vdm.
+
+Sized for 8x8 to 64x64 images: the encoder halves the resolution while both sides are even and
+at least 8 (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4, 8 -> 4), then a linear head maps the flattened
+features to `out_dim`. The decoder mirrors the same size sequence, upsampling to the exact sizes,
+so odd resolutions (7x7) round-trip without padding tricks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _num_groups(channels: int) -> int:
+    for g in (8, 4, 2, 1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def size_sequence(h: int, w: int) -> list[tuple[int, int]]:
+    """Spatial sizes at each encoder level, from the input down to the bottleneck."""
+    sizes = [(h, w)]
+    while h % 2 == 0 and w % 2 == 0 and min(h, w) >= 8:
+        h, w = h // 2, w // 2
+        sizes.append((h, w))
+    return sizes
+
+
+class ConvBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, with a residual connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.GroupNorm(_num_groups(channels), channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(_num_groups(channels), channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """x [B, C, H, W] -> [B, out_dim]."""
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        out_dim: int,
+        width: int = 32,
+        max_mult: int = 4,
+        cond_dim: int = 0,
+    ):
+        super().__init__()
+        c, h, w = in_shape
+        self.sizes = size_sequence(h, w)
+        chans = [width * min(2**i, max_mult) for i in range(len(self.sizes))]
+        self.stem = nn.Conv2d(c, chans[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        for i in range(len(self.sizes)):
+            blocks.append(ConvBlock(chans[i]))
+            if i + 1 < len(self.sizes):  # stride-2 conv: learned downsampling
+                blocks.append(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1))
+        self.blocks = nn.Sequential(*blocks)
+        hb, wb = self.sizes[-1]
+        self.flat_dim = chans[-1] * hb * wb
+        # cond_dim > 0: an extra vector (e.g. a time embedding for E(x0, t)) joins the head.
+        self.head = nn.Sequential(
+            nn.SiLU(), nn.Linear(self.flat_dim + cond_dim, 2 * width * max_mult), nn.SiLU()
+        )
+        self.out = nn.Linear(2 * width * max_mult, out_dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.blocks(self.stem(x)).flatten(1)  # [B, flat_dim]
+        if cond is not None:
+            hidden = torch.cat([hidden, cond], dim=1)
+        return self.out(self.head(hidden))
+
+
+class ConvDecoder(nn.Module):
+    """z [B, z_dim] -> [B, out_channels, H, W] for an image of shape `out_shape` (C, H, W)."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        out_shape: tuple[int, int, int],
+        out_channels: int,
+        width: int = 32,
+        max_mult: int = 4,
+    ):
+        super().__init__()
+        _, h, w = out_shape
+        self.sizes = size_sequence(h, w)[::-1]  # bottleneck first
+        n = len(self.sizes)
+        chans = [width * min(2 ** (n - 1 - i), max_mult) for i in range(n)]
+        hb, wb = self.sizes[0]
+        self.chans0 = chans[0]
+        self.inp = nn.Sequential(
+            nn.Linear(z_dim, 2 * width * max_mult),
+            nn.SiLU(),
+            nn.Linear(2 * width * max_mult, chans[0] * hb * wb),
+        )
+        self.blocks = nn.ModuleList(ConvBlock(c) for c in chans)
+        self.ups = nn.ModuleList(
+            nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(n - 1)
+        )
+        self.out = nn.Sequential(
+            nn.GroupNorm(_num_groups(chans[-1]), chans[-1]),
+            nn.SiLU(),
+            nn.Conv2d(chans[-1], out_channels, 3, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        hb, wb = self.sizes[0]
+        h = self.inp(z).view(z.shape[0], self.chans0, hb, wb)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i < len(self.ups):  # nearest upsample to the exact next size, then conv
+                h = self.ups[i](F.interpolate(h, size=self.sizes[i + 1], mode="nearest"))
+        return self.out(h)
