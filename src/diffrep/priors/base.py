@@ -1,6 +1,6 @@
-"""Priors p(z) over a VAE's latent z [B, Z] (seed 004, Wehenkel & Louppe 2021).
+"""The prior contract: a distribution p(z) over a VAE's latent z [B, Z] (seed 004).
 
-The VAE's ELBO (seed 004 eq. 17-19) is
+The VAE's ELBO (seed 004 eqs. 17-19) is
 
     log p(x) >= E_q[ log p(x|z) - log q(z|x) + log p(z) ]
 
@@ -34,6 +34,12 @@ class Prior(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.dim = int(dim)
+        # Parameter-free priors still need to know their device for sampling.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
 
     def nll_terms(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-example terms in nats; "total" >= -log p(z) (equality when `exact`)."""
@@ -46,24 +52,20 @@ class Prior(nn.Module):
         """Analytic KL(q(z|x) || p(z)) per example where it exists, else None."""
         return None
 
+    def check_latent(self, z: torch.Tensor) -> None:
+        if z.dim() != 2 or z.shape[1] != self.dim:
+            raise ValueError(
+                f"prior over {self.dim}-D z expects [B, {self.dim}], got {list(z.shape)}"
+            )
 
-@PRIORS.register("gaussian")
-class GaussianPrior(Prior):
-    """p(z) = N(0, I)."""
-
-    def nll_terms(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        # -log N(z; 0, I) = 0.5 * (||z||^2 + Z log 2 pi)
-        nll = 0.5 * (z.pow(2).sum(-1) + z.shape[-1] * LOG_2PI)
-        return {"total": nll}
-
-    def sample(self, n: int, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
-        device = generator.device if generator is not None else torch.device("cpu")
-        return torch.randn(n, self.dim, generator=generator, device=device)
-
-    def kl(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        # KL(N(m, e^lv) || N(0, 1)) = 0.5 * sum(m^2 + e^lv - 1 - lv)  [B]
-        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    def standard_normal(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """eps ~ N(0, I) [n, Z] on the prior's device, from `generator` when given."""
+        device = generator.device if generator is not None else self.device
+        return torch.randn(n, self.dim, generator=generator, device=device).to(self.device)
 
 
 def build_prior(name: str, dim: int, **kwargs) -> Prior:
+    """Build a registered prior over `dim`-D latents; kwargs are checked against its signature."""
+    import diffrep.priors  # noqa: F401  (populates the registry)
+
     return PRIORS.build(name, dim, **kwargs)
