@@ -1,0 +1,30 @@
+# Two commands for a new user:  make demo  (install + quickstart)  and  make test  (install + tests).
+# The venv sees system site-packages, so a GPU build of torch you installed yourself is reused;
+# only when no torch is importable do we install the pinned CPU build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+EXTRAS ?= dev,flow,metrics
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/diffrep demo --out runs/demo
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
