@@ -88,6 +88,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string: YAML 1.1 quirk
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise UserError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
