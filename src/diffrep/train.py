@@ -1,0 +1,608 @@
+"""The trainer: a plain PyTorch loop around `method.loss(batch)["loss"].mean()`.
+
+AdamW with linear warm-up (then constant or cosine), gradient-norm clipping, an EMA of the whole
+state dict, seeded data order, periodic evaluation, atomic checkpoints with exact resume, clean
+stop on SIGTERM/SIGINT, a clear error on a non-finite loss, and multi-process data parallelism
+under torchrun (DDP). The trainer knows nothing else about a method: every other entry of the
+dict that `loss` returns is averaged and logged.
+
+How the CLI (or a script) calls it:
+
+    from diffrep.train import TrainConfig, seed_everything, train
+    seed_everything(cfg.train.seed)                  # before building: seeds the initial weights
+    data = load_dataset("digits", "train")
+    method = build_method("vae", data.shape, latent_dim=8)
+    summary = train(method, data, "runs/vae", TrainConfig(steps=2000), resume=False,
+                    eval_hook=lambda m, step: {"recon_mse": ...})
+    # summary: {"step", "loss", <other loss terms>, "grad_norm", "steps_per_s", "interrupted", ...}
+
+Multi-GPU / multi-process (the same call; torchrun sets WORLD_SIZE/RANK/LOCAL_RANK):
+
+    torchrun --standalone --nproc_per_node=4 -m diffrep.cli train CONFIG --out RUN_DIR
+
+`batch_size` is the global batch; each of the W processes takes batch_size / W of it, so a run
+follows the same data order whatever W is. Only rank 0 writes files.
+
+Files under RUN_DIR: checkpoint/ (see `diffrep.checkpoint`), metrics.jsonl (one JSON object per
+log step: step, lr, loss terms, grad_norm, steps_per_s; and {"step", "eval": {...}} rows),
+tb/ (TensorBoard, when the tensorboard package is installed).
+
+Exactness: on CPU, N steps + stop + `resume=True` for N more steps gives bit-identical weights to
+2N uninterrupted steps (the checkpoint holds the optimizer, the EMA, the data-order generator and
+every RNG state). On GPU, cuDNN/atomics may make runs differ in the last bits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffrep import distributed as dist_utils
+from diffrep.checkpoint import (
+    atomic_write_bytes,
+    capture_rng_state,
+    has_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from diffrep.errors import UserError
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The `train:` section of a config. Defaults suit a few-minute CPU run on small images."""
+
+    steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
+    batch_size: int = 64  # global batch (split across processes under torchrun)
+    lr: float = 1e-3  # peak learning rate
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    min_lr: float = 0.0  # final learning rate of the cosine schedule
+    warmup: int = 100  # linear warm-up steps from lr/warmup to lr
+    weight_decay: float = 0.0  # decoupled (AdamW)
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema: float = 0.999  # EMA decay of the weights; 0 disables
+    ema_warmup: bool = True  # effective decay min(ema, (1 + n) / (10 + n)) after n updates
+    seed: int = 0  # data order and the loss's noise (model init is seeded by the caller)
+    log_every: int = 50  # steps between metrics.jsonl rows
+    eval_every: int = 0  # steps between eval_hook calls; 0: only at the end (if a hook is given)
+    ckpt_every: int = 500  # steps between checkpoints; 0: only at the end
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on the forward pass
+    tensorboard: bool = True  # also log to RUN_DIR/tb when tensorboard is installed
+    find_unused_parameters: bool = False  # DDP: set True if the loss skips some parameters
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(msg)
+
+        need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
+        need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        need(self.warmup >= 0, f"warmup must be >= 0 steps, got {self.warmup}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas}",
+        )
+        need(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
+        need(self.grad_clip >= 0, f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
+        need(0 <= self.ema < 1, f"ema must be in [0, 1) (0 disables), got {self.ema}")
+        need(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        need(
+            self.eval_every >= 0, f"eval_every must be >= 0 (0: at the end), got {self.eval_every}"
+        )
+        need(
+            self.ckpt_every >= 0, f"ckpt_every must be >= 0 (0: at the end), got {self.ckpt_every}"
+        )
+        need(
+            bool(_DEVICE_RE.match(self.device)),
+            f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}",
+        )
+
+
+# --------------------------------------------------------------------------- small parts
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (all devices), numpy and python's `random` (e.g. before building a method)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """ "auto" -> cuda:LOCAL_RANK if CUDA is available, else cpu; checks availability."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name!r} but CUDA is not available; fix: device=cpu")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"train.device={name!r} but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device={name!r} but MPS is not available; fix: device=cpu")
+    return dev
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant/cosine."""
+    if cfg.warmup > 0 and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(cfg.steps - cfg.warmup, 1)
+    progress = min(max(step - cfg.warmup, 0) / span, 1.0)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a module's weights, kept as a whole state dict.
+
+    Parameters: ema <- d ema + (1 - d) theta after every optimizer step, starting from the
+    initial weights, with d = min(decay, (1 + n) / (10 + n)) after n updates when `warmup` is on
+    (early averages are then not dominated by the random initialisation). Buffers (running
+    statistics, counters, fixed tables) are copied, so the EMA state is a complete, consistent
+    state dict that `load_state_dict` accepts.
+    """
+
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        # remove_duplicate=False: every name of a tied parameter is averaged, not copied.
+        self.param_names = {n for n, _ in module.named_parameters(remove_duplicate=False)}
+        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def current_decay(self) -> float:
+        if self.warmup:
+            return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+        return self.decay
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        d = self.current_decay()
+        for k, v in module.state_dict().items():
+            e = self.state[k]
+            if k in self.param_names and e.is_floating_point():
+                e.lerp_(v.detach().to(e.dtype), 1.0 - d)  # e + (1-d)(v - e) = d e + (1-d) v
+            else:
+                e.copy_(v)
+        self.num_updates += 1
+
+
+class _BatchStream:
+    """Global batches of indices from concatenated random permutations (a seeded generator).
+
+    The pending indices and the generator state are checkpointed, so a resumed run draws
+    exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n = n
+        self.gen = torch.Generator().manual_seed(seed)
+        self.pending = torch.empty(0, dtype=torch.int64)
+
+    def next(self, size: int) -> torch.Tensor:
+        while self.pending.numel() < size:
+            self.pending = torch.cat([self.pending, torch.randperm(self.n, generator=self.gen)])
+        idx, self.pending = self.pending[:size], self.pending[size:]
+        return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "generator": self.gen.get_state(), "pending": self.pending.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["n"]) != self.n:
+            raise UserError(
+                f"the checkpoint was trained on {state['n']} images but the data has {self.n}; "
+                "fix: resume with the run's own data config or start a new run"
+            )
+        self.gen.set_state(state["generator"])
+        self.pending = state["pending"].clone()
+
+
+class _StopSignals:
+    """Turn SIGTERM/SIGINT into a flag checked between steps; a second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:  # second signal: the user really wants out
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers: main thread only
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # JSON has no NaN/inf
+    return obj
+
+
+class _Logger:
+    """metrics.jsonl (+ TensorBoard) on rank 0; a no-op elsewhere."""
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None, tensorboard: bool):
+        self.enabled = enabled
+        self.path = out_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            self._truncate_after(resume_step)
+        if tensorboard:
+            try:  # lazy: torch.utils.tensorboard needs the tensorboard package
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step)
+            except ImportError:
+                self.tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        # Rows logged after the checkpoint we resume from would be repeated: drop them.
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a crash
+        atomic_write_bytes(self.path, "".join(l + "\n" for l in keep).encode())
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+        if self.tb is not None:
+            step = row["step"]
+            for k, v in _flatten(row).items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in _jsonable(d).items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_data(method: nn.Module, data: Any, cfg: TrainConfig, world: int) -> None:
+    images = getattr(data, "images", None)
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8:
+        raise UserError("training data must be an ImageData with uint8 images [N, C, H, W]")
+    if len(images) == 0:
+        raise UserError(f"the training set {getattr(data, 'name', '')!r} is empty; fix: the split")
+    want = getattr(method, "data_shape", None)
+    if want is not None and tuple(want) != tuple(images.shape[1:]):
+        raise UserError(
+            f"the method was built for images {tuple(want)} but the data has "
+            f"{tuple(images.shape[1:])}; fix: build the method with data.shape"
+        )
+    if cfg.batch_size % world:
+        raise UserError(
+            f"train.batch_size={cfg.batch_size} does not split over {world} processes; "
+            f"fix: a multiple of {world}"
+        )
+
+
+# Changing these between a checkpoint and a resume breaks exact continuation (but is allowed).
+_TRAJECTORY_KEYS = (
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "min_lr",
+    "warmup",
+    "weight_decay",
+    "betas",
+    "adam_eps",
+    "grad_clip",
+    "ema",
+    "ema_warmup",
+    "seed",
+    "precision",
+)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    method: nn.Module,
+    data: Any,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    eval_hook: Callable[[nn.Module, int], dict] | None = None,
+    progress: bool | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `method` on `data` (an ImageData) into `out_dir`; return the final metrics.
+
+    Args:
+        resume: continue from out_dir/checkpoint (exactly; see the module docstring). Without
+            it, an existing checkpoint is an error (never overwritten by a fresh run).
+        eval_hook: `eval_hook(method, step) -> dict`, called on rank 0 with the EMA weights
+            loaded, in eval mode and under no_grad, every `eval_every` steps and at the end;
+            its RNG use does not perturb training. Results go to metrics.jsonl as {"step","eval"}.
+        progress: tqdm bar; None shows it only when stderr is a terminal.
+        callback: `callback(step, {"loss": ..., "lr": ...})` after every step (all ranks).
+
+    Returns {"step", "loss", <mean loss terms of the last log window>, "grad_norm", "lr",
+    "steps_per_s", "time_s", "interrupted" (a signal stopped the run), "eval" (last, if any)}.
+    SIGTERM/SIGINT finish the current step, write a checkpoint and return (interrupted=True).
+    A non-finite loss or gradient raises UserError naming the step; the checkpoint on disk is
+    left as it was (the last good one).
+    """
+    from tqdm.auto import tqdm
+
+    from diffrep.data import make_batch
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoint"
+    rank, local_rank, world = dist_utils.detect()
+    device = resolve_device(cfg.device, local_rank)
+    _check_data(method, data, cfg, world)
+    if resume and not has_checkpoint(ckpt_dir):
+        raise UserError(f"nothing to resume: {ckpt_dir} holds no checkpoint; fix: drop --resume")
+    if not resume and has_checkpoint(ckpt_dir):
+        raise UserError(
+            f"{out_dir} already holds a checkpoint; fix: pass --resume to continue it, or train "
+            "into a new directory"
+        )
+
+    info = dist_utils.setup(device)
+    logger = None
+    try:
+        if info.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        method.to(device).train()
+        decay_params = [p for p in method.parameters() if p.requires_grad]
+        if not decay_params:
+            raise UserError(f"{type(method).__name__} has no trainable parameters")
+        opt = torch.optim.AdamW(
+            decay_params,
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
+        ema = EMA(method, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
+        stream = _BatchStream(len(data), seed=cfg.seed ^ 0x5DEECE66D)  # differs from torch's seed
+        seed_everything(cfg.seed + rank)  # the loss's noise differs across ranks
+        step = 0
+        last_eval: dict | None = None
+        if resume:
+            ckpt = load_checkpoint(ckpt_dir, method, opt)
+            step = int(ckpt["step"])
+            extra = ckpt["extra"]
+            if ema is not None:
+                ema.state = ckpt["ema_state"]
+                ema.num_updates = int(extra.get("ema_num_updates", step))
+            stream.load_state_dict(extra["data"])
+            rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+            if len(rngs) == info.world_size:
+                restore_rng_state(rngs[rank])
+            else:  # a different process count: exact continuation is impossible anyway
+                seed_everything(cfg.seed + rank + 7919 * step)
+            old = extra.get("train_config", {})
+            changed = [
+                k
+                for k in _TRAJECTORY_KEYS
+                if k in old and _jsonable(old[k]) != _jsonable(getattr(cfg, k))
+            ]
+            if changed and info.is_main:
+                warnings.warn(
+                    f"resuming with changed train options {changed}: training continues but "
+                    "differs from an uninterrupted run",
+                    stacklevel=2,
+                )
+        logger = _Logger(out_dir, info.is_main, step if resume else None, cfg.tensorboard)
+        model = dist_utils.wrap(method, info, device, cfg.find_unused_parameters)
+        local_bs = cfg.batch_size // info.world_size
+        labels = getattr(data, "labels", None)
+
+        def checkpoint(at: int) -> None:
+            rng = dist_utils.gather_objects(capture_rng_state(), info)
+            if info.is_main:
+                extra = {
+                    "data": stream.state_dict(),
+                    "ema_num_updates": ema.num_updates if ema is not None else 0,
+                    "train_config": _jsonable(asdict(cfg)),
+                    "world_size": info.world_size,
+                }
+                save_checkpoint(
+                    ckpt_dir, method, ema.state if ema else None, opt, at, extra, rng_state=rng
+                )
+            dist_utils.barrier(info)
+
+        def evaluate(at: int) -> dict:
+            # Evaluate the EMA weights; keep the RNG stream of training untouched.
+            result: dict = {}
+            if info.is_main:
+                rng = capture_rng_state()
+                raw = {k: v.detach().clone() for k, v in method.state_dict().items()}
+                if ema is not None:
+                    method.load_state_dict(ema.state)
+                method.eval()
+                try:
+                    with torch.no_grad():
+                        result = dict(eval_hook(method, at) or {})
+                finally:
+                    method.load_state_dict(raw)
+                    method.train()
+                    restore_rng_state(rng)
+                logger.write({"step": at, "eval": result})
+            dist_utils.barrier(info)
+            return result
+
+        use_bar = (sys.stderr.isatty() if progress is None else progress) and info.is_main
+        bar = tqdm(
+            total=cfg.steps, initial=step, desc="train", disable=not use_bar, dynamic_ncols=True
+        )
+        window: dict[str, torch.Tensor] = {}
+        window_n, gnorm_sum = 0, 0.0
+        t_window, t_start, start_step = time.perf_counter(), time.perf_counter(), step
+        summary: dict[str, Any] = {}
+        interrupted = False
+        autocast = torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
+        )
+        with _StopSignals() as stop:
+            while step < cfg.steps:
+                lr = lr_at(step, cfg)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = stream.next(cfg.batch_size)[rank * local_bs : (rank + 1) * local_bs].numpy()
+                batch = make_batch(
+                    data.images[idx], None if labels is None else labels[idx], device=device
+                )
+                with autocast:
+                    terms = model(batch)
+                loss = terms["loss"].float().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                gnorm = torch.nn.utils.clip_grad_norm_(method.parameters(), max_norm)
+                # One collective per step: the mean loss, the grad norm (equal on all ranks after
+                # DDP's all-reduce) and the stop flag, so every rank stops at the same step.
+                flag = 1.0 if stop.requested else 0.0
+                sync = torch.stack(
+                    [loss.detach(), gnorm.detach().float(), torch.tensor(flag, device=device)]
+                )
+                sync = dist_utils.all_reduce_sum(sync, info).cpu()
+                loss_val = sync[0].item() / info.world_size
+                gnorm_val = sync[1].item() / info.world_size
+                if not math.isfinite(loss_val) or not math.isfinite(gnorm_val):
+                    what = "loss" if not math.isfinite(loss_val) else "gradient norm"
+                    raise UserError(
+                        f"the {what} became {loss_val if what == 'loss' else gnorm_val} at step "
+                        f"{step + 1} (lr {lr:.3g}); fix: lower train.lr, raise train.warmup or "
+                        f"set train.grad_clip, and check the data for NaN/inf; the last good "
+                        f"checkpoint in {ckpt_dir} was not touched"
+                    )
+                opt.step()
+                if ema is not None:
+                    ema.update(method)
+                step += 1
+                for k, v in terms.items():
+                    if isinstance(v, torch.Tensor) and v.is_floating_point():
+                        acc = window.get(k)
+                        m = v.detach().float().mean()
+                        window[k] = m if acc is None else acc + m
+                window_n += 1
+                gnorm_sum += gnorm_val
+                bar.update(1)
+                if use_bar and (step % 10 == 0 or step == cfg.steps):
+                    bar.set_postfix(loss=f"{loss_val:.4g}", refresh=False)
+                if callback is not None:
+                    callback(step, {"loss": loss_val, "lr": lr, "grad_norm": gnorm_val})
+                stopping = sync[2].item() > 0
+                last = step == cfg.steps or stopping
+                if step % cfg.log_every == 0 or last:
+                    keys = sorted(window)
+                    vals = torch.stack([window[k] for k in keys]) / window_n
+                    vals = (dist_utils.all_reduce_sum(vals, info) / info.world_size).tolist()
+                    now = time.perf_counter()
+                    summary = {
+                        "step": step,
+                        "lr": lr,
+                        **dict(zip(keys, vals)),
+                        "grad_norm": gnorm_sum / window_n,
+                        "steps_per_s": window_n / max(now - t_window, 1e-9),
+                    }
+                    logger.write(summary)
+                    window, window_n, gnorm_sum, t_window = {}, 0, 0.0, now
+                if eval_hook is not None and (
+                    (cfg.eval_every and step % cfg.eval_every == 0) or (last and not stopping)
+                ):
+                    last_eval = evaluate(step)
+                if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
+                    checkpoint(step)
+                if stopping:
+                    interrupted = True
+                    break
+        bar.close()
+        elapsed = time.perf_counter() - t_start
+        summary = dict(summary) if summary else {"step": step}
+        summary.update(
+            step=step,
+            interrupted=interrupted,
+            time_s=elapsed,
+            steps_per_s=(step - start_step) / max(elapsed, 1e-9) if step > start_step else 0.0,
+        )
+        if interrupted and info.is_main:
+            print(
+                f"stopped by {stop.requested} after step {step}; checkpoint written to "
+                f"{ckpt_dir}; continue with --resume",
+                file=sys.stderr,
+            )
+        if last_eval is not None:
+            summary["eval"] = last_eval
+        return summary
+    finally:
+        if logger is not None:
+            logger.close()
+        dist_utils.teardown(info)

@@ -1,0 +1,266 @@
+"""Trainer: exact resume, SIGTERM, NaN loss, EMA maths, schedules, logging, config checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from diffrep.checkpoint import checkpoint_step, load_checkpoint, load_weights
+from diffrep.config import _build_section
+from diffrep.data import load_dataset
+from diffrep.errors import UserError
+from diffrep.methods.base import Method
+from diffrep.train import EMA, TrainConfig, lr_at, train
+
+
+class Tiny(Method):
+    """A noisy linear autoencoder: global-RNG noise in the loss and a float + an int buffer,
+    so exact resume needs the RNG states and the EMA must copy buffers."""
+
+    def __init__(self, data_shape, hidden: int = 6, nan_at: int = 0):
+        super().__init__(data_shape)
+        self.enc = nn.Linear(self.dim, hidden)
+        self.dec = nn.Linear(hidden, self.dim)
+        self.register_buffer("x_mean", torch.zeros(self.dim))  # running mean of the inputs
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+        self.nan_at = nan_at  # loss call (= training step, 1-based) at which the loss goes NaN
+
+    def loss(self, batch):
+        x = batch["x0"].flatten(1)  # [B, D]
+        with torch.no_grad():
+            self.x_mean.lerp_(x.mean(0), 0.1)
+            self.calls += 1
+        noisy = x + 0.1 * torch.randn_like(x)
+        rec = self.dec(torch.tanh(self.enc(noisy - self.x_mean)))
+        err = ((rec - x) ** 2).sum(1)  # [B]
+        if self.nan_at and int(self.calls) == self.nan_at:
+            err = err * float("nan")
+        return {"loss": err, "mse": err / self.dim}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "train").subset(slice(0, 200))  # real 8x8 digits
+
+
+def _cfg(**kw):
+    base = dict(steps=8, batch_size=16, lr=1e-2, warmup=3, log_every=2, ckpt_every=0, ema=0.9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    return Tiny((1, 8, 8), **kw)
+
+
+def _state(method):
+    return {k: v.clone() for k, v in method.state_dict().items()}
+
+
+def _assert_bitwise(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _without_time(rows):
+    return [{k: v for k, v in r.items() if k != "steps_per_s"} for r in rows]
+
+
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, digits):
+    full = _tiny()
+    train(full, digits, tmp_path / "a", _cfg(steps=8))
+    part = _tiny()
+    first = train(part, digits, tmp_path / "b", _cfg(steps=4))
+    assert first["step"] == 4 and not first["interrupted"]
+    resumed = _tiny(seed=123)  # fresh weights: everything must come from the checkpoint
+    out = train(resumed, digits, tmp_path / "b", _cfg(steps=8), resume=True)
+    assert out["step"] == 8
+    _assert_bitwise(_state(full), _state(resumed))
+    ema_a = load_checkpoint(tmp_path / "a" / "checkpoint", _tiny())["ema_state"]
+    ema_b = load_checkpoint(tmp_path / "b" / "checkpoint", _tiny())["ema_state"]
+    _assert_bitwise(ema_a, ema_b)
+    # the metrics of the resumed half repeat the uninterrupted ones exactly (no duplicates)
+    assert _without_time(_metrics(tmp_path / "a")) == _without_time(_metrics(tmp_path / "b"))
+    assert [r["step"] for r in _metrics(tmp_path / "b")] == [2, 4, 6, 8]
+
+
+def test_vae_resume_is_bitwise_identical(tmp_path, digits):
+    from diffrep.methods import build_method
+
+    def vae(seed):
+        torch.manual_seed(seed)
+        return build_method("vae", digits.shape, latent_dim=4, width=8)
+
+    cfg = _cfg(steps=4, lr=2e-3, batch_size=8)
+    full = vae(0)
+    train(full, digits, tmp_path / "a", cfg)
+    part = vae(0)
+    train(part, digits, tmp_path / "b", replace(cfg, steps=2))
+    resumed = vae(1)
+    train(resumed, digits, tmp_path / "b", cfg, resume=True)
+    _assert_bitwise(_state(full), _state(resumed))
+    rows = _metrics(tmp_path / "a")
+    assert {"loss", "recon", "kl", "lr", "grad_norm", "steps_per_s"} <= set(rows[-1])
+
+
+def test_sigterm_checkpoints_returns_and_resumes_exactly(tmp_path, digits):
+    cfg = _cfg(steps=10, lr_schedule="cosine", ckpt_every=4)
+    full = _tiny()
+    train(full, digits, tmp_path / "a", cfg)
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def kill_at_3(step, logs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    part = _tiny()
+    out = train(part, digits, tmp_path / "b", cfg, callback=kill_at_3)
+    assert out["interrupted"]
+    assert out["step"] in (3, 4)  # finishes the step in flight, then stops
+    assert checkpoint_step(tmp_path / "b" / "checkpoint") == out["step"]
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    resumed = _tiny(seed=7)
+    out = train(resumed, digits, tmp_path / "b", cfg, resume=True)
+    assert out["step"] == 10 and not out["interrupted"]
+    _assert_bitwise(_state(full), _state(resumed))
+
+
+def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, digits):
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match=r"step 7\b.*lower train\.lr"):
+        train(_tiny(nan_at=7), digits, run, _cfg(steps=10, ckpt_every=4))
+    ckpt = run / "checkpoint"
+    assert checkpoint_step(ckpt) == 4
+    # it loads, and holds the weights of a clean 4-step run
+    clean = _tiny()
+    train(clean, digits, tmp_path / "clean", _cfg(steps=4))
+    restored = load_checkpoint(ckpt, _tiny(seed=5))
+    assert restored["step"] == 4
+    loaded = _tiny(seed=5)
+    load_checkpoint(ckpt, loaded)
+    _assert_bitwise(_state(clean), _state(loaded))
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_ema_matches_a_hand_computation(tmp_path, digits):
+    decay = 0.8
+    method = _tiny()
+    init = _state(method)
+    snaps = []
+    train(
+        method,
+        digits,
+        tmp_path / "run",
+        _cfg(steps=5, ema=decay),
+        callback=lambda step, logs: snaps.append(_state(method)),
+    )
+    ema = {k: v.clone().double() for k, v in init.items()}
+    for n, theta in enumerate(snaps):  # n updates done before this one
+        d = min(decay, (1 + n) / (10 + n))
+        for k in ("enc.weight", "enc.bias", "dec.weight", "dec.bias"):
+            ema[k] = d * ema[k] + (1 - d) * theta[k].double()
+    got = load_weights(tmp_path / "run" / "checkpoint", _tiny(seed=9), ema=True).state_dict()
+    for k in ("enc.weight", "enc.bias", "dec.weight", "dec.bias"):
+        torch.testing.assert_close(got[k].double(), ema[k], rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got[k], snaps[-1][k])  # really an average
+    # buffers are copied from the live model, not averaged
+    assert torch.equal(got["x_mean"], snaps[-1]["x_mean"])
+    assert int(got["calls"]) == 5
+
+
+def test_ema_without_warmup_is_the_plain_recursion():
+    m = nn.Linear(2, 1)
+    e = EMA(m, 0.5, warmup=False)
+    w0 = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    e.update(m)
+    torch.testing.assert_close(e.state["weight"], 0.5 * w0 + 0.5)
+
+
+def test_eval_hook_sees_ema_weights_and_does_not_perturb_training(tmp_path, digits):
+    seen = []
+
+    def hook(method, step):
+        assert not method.training and not torch.is_grad_enabled()
+        torch.randn(100)  # consumes global RNG: training must not notice
+        seen.append((step, _state(method)))
+        return {"w_norm": method.enc.weight.norm().item()}
+
+    with_eval = _tiny()
+    out = train(with_eval, digits, tmp_path / "a", _cfg(steps=6, eval_every=3), eval_hook=hook)
+    without = _tiny()
+    train(without, digits, tmp_path / "b", _cfg(steps=6))
+    _assert_bitwise(_state(with_eval), _state(without))
+    assert [s for s, _ in seen] == [3, 6]
+    ema_final = load_weights(tmp_path / "a" / "checkpoint", _tiny(seed=3)).state_dict()
+    _assert_bitwise(seen[-1][1], ema_final)
+    evals = [r for r in _metrics(tmp_path / "a") if "eval" in r]
+    assert [r["step"] for r in evals] == [3, 6]
+    assert evals[-1]["eval"]["w_norm"] == pytest.approx(ema_final["enc.weight"].norm().item())
+    assert out["eval"]["w_norm"] == evals[-1]["eval"]["w_norm"]
+
+
+def test_training_reduces_the_loss_and_logs_every_term(tmp_path, digits):
+    out = train(_tiny(), digits, tmp_path / "run", _cfg(steps=30, log_every=10, lr=3e-2))
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    assert rows[-1]["mse"] == pytest.approx(rows[-1]["loss"] / 64, rel=1e-5)
+    assert out["loss"] == rows[-1]["loss"] and out["step"] == 30
+    assert all(r["grad_norm"] > 0 and r["steps_per_s"] > 0 for r in rows)
+
+
+def test_refuses_to_overwrite_or_resume_nothing(tmp_path, digits):
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(_tiny(), digits, run, _cfg(steps=2), resume=True)
+    train(_tiny(), digits, run, _cfg(steps=2))
+    with pytest.raises(UserError, match="already holds a checkpoint.*--resume"):
+        train(_tiny(), digits, run, _cfg(steps=2))
+    with pytest.raises(
+        UserError, match=r"built for images \(1, 4, 4\) but the data has \(1, 8, 8\)"
+    ):
+        train(Tiny((1, 4, 4)), digits, tmp_path / "other", _cfg(steps=2))
+
+
+def test_lr_schedule():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup=10, lr_schedule="cosine", min_lr=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(50, replace(cfg, lr_schedule="constant")) == 1.0
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"lr": -1.0}, "lr must be a positive"),
+        ({"ema": 1.0}, "ema must be in"),
+        ({"betas": (0.9, 1.5)}, "betas"),
+        ({"device": "gpu"}, "device must be"),
+        ({"grad_clip": -1.0}, "grad_clip"),
+    ],
+)
+def test_config_range_checks(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**bad)
+    with pytest.raises(UserError, match=f"train: .*{match}"):  # what config.py turns it into
+        _build_section(TrainConfig, bad, "train")
