@@ -19,7 +19,7 @@ from diffrep.data.core import (
     load_dataset,
 )
 from diffrep.data.describe import describe_dataset, describe_datasets
-from diffrep.data.fetch import fetch
+from diffrep.data.download import fetch
 from diffrep.data.modelspace import (
     LOG_BIN,
     bits_per_dim,

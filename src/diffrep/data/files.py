@@ -76,8 +76,11 @@ def _read_image(path: Path, size: int | None, mode: str) -> np.ndarray:
 def _is_grey(path: Path) -> bool:
     from PIL import Image
 
-    with Image.open(path) as im:
-        return im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("1", "L", "LA", "I", "I;16", "F")
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e}; fix: remove or replace the file") from None
 
 
 def _load_images(files: list[Path], size: int | None, channels: int | None) -> np.ndarray:

@@ -91,7 +91,7 @@ def _download(url: str, dest: Path, sha256: str) -> None:
                     h.update(block)
                     bar.update(len(block))
         if h.hexdigest() != sha256:
-            raise ValueError(f"sha256 {h.hexdigest()} != expected {sha256}")
+            raise ValueError(f"checksum mismatch: sha256 {h.hexdigest()}, expected {sha256}")
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
