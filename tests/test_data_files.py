@@ -71,10 +71,13 @@ def test_missing_mnist_names_files_layouts_and_fix(tmp_path):
 
 
 def test_diffrep_data_env_var_is_searched(tmp_path, monkeypatch):
-    arrays = write_mnist(tmp_path / "mnist", n_test=4)
-    monkeypatch.setenv("DIFFREP_DATA", str(tmp_path))
+    a = write_mnist(tmp_path / "a" / "mnist", n_test=4)
+    b = write_mnist(tmp_path / "b" / "MNIST" / "raw", n_test=3)
+    monkeypatch.setenv("DIFFREP_DATA", str(tmp_path / "a"))
     d = load_dataset("mnist", "test")
-    assert np.array_equal(d.labels, arrays["test"][1]) and d.source == str(tmp_path / "mnist")
+    assert np.array_equal(d.labels, a["test"][1]) and d.source == str(tmp_path / "a" / "mnist")
+    monkeypatch.setenv("DIFFREP_DATA", str(tmp_path / "b"))  # not answered from the cache
+    assert np.array_equal(load_dataset("mnist", "test").images[:, 0], b["test"][0])
 
 
 def test_truncated_idx_is_user_error_naming_file(tmp_path):

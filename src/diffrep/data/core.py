@@ -157,7 +157,11 @@ def _freeze(value):
 
 
 @functools.lru_cache(maxsize=8)
-def _load_base_cached(name: str, split: str, root: str | None, frozen: tuple) -> ImageData:
+def _load_base_cached(
+    name: str, split: str, root: str | None, roots: tuple[str, ...], frozen: tuple
+) -> ImageData:
+    # `roots` is only part of the key: the same root=None means other places when
+    # $DIFFREP_DATA changes.
     data = DATASETS.get(name)(split, root, **dict(frozen))
     # Read-only so that a bug that writes into the cached arrays fails loudly.
     for a in (data.images, data.labels, data.factors):
@@ -171,7 +175,8 @@ def _load_base(name: str, split: str, root: str | None, options: dict) -> ImageD
         frozen = tuple(sorted((k, _freeze(v)) for k, v in options.items()))
     except TypeError:  # unhashable option: load without caching
         return DATASETS.get(name)(split, root, **options)
-    return _load_base_cached(name, split, root, frozen)
+    roots = tuple(str(r) for r in data_roots(root))
+    return _load_base_cached(name, split, root, roots, frozen)
 
 
 def clear_cache() -> None:

@@ -39,7 +39,8 @@ def describe_dataset(name: str, root=None, **options) -> str:
         except UserError as e:
             lines.append(f"  {split}: MISSING: {e}")
             continue
-        first = first or d
+        if first is None:
+            first = d
         counts = ""
         if d.labels is not None and len(d):
             counts = ", per class " + " ".join(str(c) for c in np.bincount(d.labels))
