@@ -44,7 +44,9 @@ def fit_prior(
     generator: torch.Generator | None = None,
     progress: bool | None = None,
 ) -> list[float]:
-    """Fit `prior` by minimising E[nll_terms(z)["total"]] with Adam; returns the loss per step.
+    """Fit `prior` by minimising E[nll_terms(z)["total"]] with Adam (cosine-decayed lr).
+
+    Returns the training loss per step.
 
     z_data is either samples z [N, Z] or an aggregate posterior (mean, logvar) [N, Z] each, from
     which every step draws fresh z = mean + exp(logvar / 2) * eps for a random minibatch.
@@ -62,6 +64,9 @@ def fit_prior(
         raise UserError("fit_prior: need steps >= 1 and at least 2 latent samples")
     device = prior.device
     opt = torch.optim.Adam(prior.parameters(), lr=lr)
+    # Cosine decay to 0: the last iterates average out minibatch noise (the fitted prior is
+    # the final one, there is no validation split here).
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     prior.train()
     losses = []
     show = sys.stderr.isatty() if progress is None else progress
@@ -77,6 +82,7 @@ def fit_prior(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
     prior.eval()
     return losses
