@@ -24,6 +24,16 @@ from diffrep.checkpoint import (
 from diffrep.errors import UserError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: several OpenMP threads on a shared 2-core machine spin against each other
+    # (a 100x slowdown under load); one thread is also what these shapes need.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Net(nn.Module):
     def __init__(self, width: int = 4):
         super().__init__()

@@ -6,6 +6,8 @@ import json
 import math
 import os
 import signal
+import sys
+import types
 from dataclasses import replace
 
 import pytest
@@ -43,6 +45,16 @@ class Tiny(Method):
         if self.nan_at and int(self.calls) == self.nan_at:
             err = err * float("nan")
         return {"loss": err, "mse": err / self.dim}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models: several OpenMP threads on a shared 2-core machine spin against each other
+    # (a 100x slowdown under load); one thread is also what these shapes need.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +128,24 @@ def test_vae_resume_is_bitwise_identical(tmp_path, digits):
     assert {"loss", "recon", "kl", "lr", "grad_norm", "steps_per_s"} <= set(rows[-1])
 
 
-def test_sigterm_checkpoints_returns_and_resumes_exactly(tmp_path, digits):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_returns_and_resumes_exactly(tmp_path, digits, sig):
     cfg = _cfg(steps=10, lr_schedule="cosine", ckpt_every=4)
     full = _tiny()
     train(full, digits, tmp_path / "a", cfg)
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(sig)
 
     def kill_at_3(step, logs):
         if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     part = _tiny()
     out = train(part, digits, tmp_path / "b", cfg, callback=kill_at_3)
     assert out["interrupted"]
     assert out["step"] in (3, 4)  # finishes the step in flight, then stops
     assert checkpoint_step(tmp_path / "b" / "checkpoint") == out["step"]
-    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert signal.getsignal(sig) is before  # handlers restored
     resumed = _tiny(seed=7)
     out = train(resumed, digits, tmp_path / "b", cfg, resume=True)
     assert out["step"] == 10 and not out["interrupted"]
@@ -264,3 +277,31 @@ def test_config_range_checks(bad, match):
         TrainConfig(**bad)
     with pytest.raises(UserError, match=f"train: .*{match}"):  # what config.py turns it into
         _build_section(TrainConfig, bad, "train")
+
+
+def test_tensorboard_progress_bar_and_bf16_autocast(tmp_path, digits, monkeypatch, capsys):
+    # a stand-in for torch.utils.tensorboard (the real one needs the tensorboard package)
+    scalars = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def close(self):
+            scalars.append("closed")
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    out = train(
+        _tiny(), digits, tmp_path / "run", _cfg(steps=4, precision="bf16"),
+        eval_hook=lambda m, s: {"score": 1.5}, progress=True,
+    )  # fmt: skip
+    assert math.isfinite(out["loss"])
+    tags = {(t, s) for t, _, s in scalars[:-1]}
+    assert {("loss", 2), ("loss", 4), ("mse", 4), ("lr", 4), ("eval/score", 4)} <= tags
+    assert scalars[-1] == "closed"
+    assert "train" in capsys.readouterr().err  # the tqdm bar went to stderr
