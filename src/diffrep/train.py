@@ -419,11 +419,11 @@ def train(
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
         method.to(device).train()
-        decay_params = [p for p in method.parameters() if p.requires_grad]
-        if not decay_params:
+        params = [p for p in method.parameters() if p.requires_grad]
+        if not params:
             raise UserError(f"{type(method).__name__} has no trainable parameters")
         opt = torch.optim.AdamW(
-            decay_params,
+            params,
             lr=cfg.lr,
             betas=tuple(cfg.betas),
             eps=cfg.adam_eps,
