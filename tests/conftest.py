@@ -31,3 +31,10 @@ def mnist_dir() -> Path:
             "real MNIST files not found (set DIFFREP_DATA or run `diffrep data fetch mnist`)"
         )
     return d
+
+
+def pytest_configure(config):
+    # Tiny CPU shapes run fastest on one thread; more threads only add contention on CI's 2 cores.
+    import torch
+
+    torch.set_num_threads(1)

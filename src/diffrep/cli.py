@@ -109,7 +109,7 @@ def cmd_train(args) -> int:
     from diffrep.data import load_dataset
     from diffrep.methods import build_method
     from diffrep.runs import write_run_info
-    from diffrep.train import train
+    from diffrep.train import seed_everything, train
 
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
@@ -124,6 +124,7 @@ def cmd_train(args) -> int:
             f"{out} already holds a trained run; pass --resume to continue it or a new --out"
         )
     data = load_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root, **cfg.data.options)
+    seed_everything(cfg.train.seed)  # reproducible initial weights
     method = build_method(cfg.method_name, data.shape, **cfg.method_args)
     if int(os.environ.get("RANK", "0")) == 0:
         write_run_info(out, cfg, data.shape)
