@@ -1,0 +1,141 @@
+"""Building blocks shared by the denoiser networks (UNet, ResMLP).
+
+Networks never see noise schedules: they receive a float "time" t [B] whose meaning the caller
+chooses (t in [0, 1], or a normalised gamma). `TimeEmbedding` scales t by 1000 before the
+sinusoidal features (as DDPM/VDM do with t * 1000), so inputs of order one are resolved finely.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Transformer-style features of a scalar (Vaswani et al.; DDPM appendix B).
+
+    t: [B] float -> [B, dim]; frequencies geometric from 1 to 1/max_period.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
+    args = t.float()[:, None] * freqs[None, :]  # [B, half]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """t [B] -> [B, dim]: sinusoidal features of `scale * t`, then a 2-layer SiLU MLP."""
+
+    def __init__(self, dim: int, *, scale: float = 1000.0, features: int | None = None):
+        super().__init__()
+        self.scale = float(scale)
+        self.features = int(features or dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.features, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU()
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 0:
+            t = t[None]
+        t = t.reshape(-1)
+        return self.mlp(sinusoidal_embedding(t * self.scale, self.features))
+
+
+class CondEmbedding(nn.Module):
+    """A conditioning code c [B, K] -> [B, dim] (2-layer SiLU MLP)."""
+
+    def __init__(self, cond_dim: int, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(cond_dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU()
+        )
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.mlp(c)
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation (Perez et al. 2018): h * (1 + scale(e)) + shift(e).
+
+    Initialised to the identity (zero projection), so conditioning starts as a no-op.
+    Works on [B, C, ...] feature maps and on [B, C] vectors.
+    """
+
+    def __init__(self, emb_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(emb_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
+        extra = (1,) * (h.dim() - 2)
+        return h * (1 + scale.view(*scale.shape, *extra)) + shift.view(*shift.shape, *extra)
+
+
+def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= max_groups that divides `channels`."""
+    g = math.gcd(channels, max_groups)
+    return nn.GroupNorm(g, channels)
+
+
+def zero_module(m: nn.Module) -> nn.Module:
+    """Zero a layer's parameters: residual branches and outputs then start as the identity/0."""
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv x2 with the embedding applied by FiLM after the second norm (ADM's
+    scale-shift norm); the second conv starts at zero so the block starts as the identity.
+
+    x [B, C_in, H, W], emb [B, E] -> [B, C_out, H, W].
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = group_norm(c_out)
+        self.film = FiLM(emb_dim, c_out)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = F.silu(self.film(self.norm2(h), emb))
+        h = self.conv2(self.drop(h))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over spatial positions, residual, output projection zeroed.
+
+    x [B, C, H, W] -> [B, C, H, W]. Used only at low resolution (cost is O((HW)^2)).
+    """
+
+    def __init__(self, channels: int, heads: int = 1):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention: channels {channels} not divisible by heads {heads}")
+        self.heads = heads
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, HW, C/heads]
+        a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
+        a = a.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.out(a)

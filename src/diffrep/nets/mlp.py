@@ -1,0 +1,96 @@
+"""A residual MLP denoiser for vectors (latent diffusion priors, 2-D toy data).
+
+`ResMLP(dim, ...)(x, t, cond=None) -> [B, out_dim]`. Like the UNet it knows nothing of noise
+schedules: t is a float [B] chosen by the caller, embedded by `layers.TimeEmbedding`. Each
+residual block is LayerNorm -> Linear -> FiLM(time [+ code] embedding) -> SiLU -> Linear, with
+the last Linear zero-initialised; the output layer is zero too, so training starts at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffrep.errors import UserError
+from diffrep.nets.layers import CondEmbedding, FiLM, TimeEmbedding, zero_module
+
+
+class _MLPBlock(nn.Module):
+    def __init__(self, hidden: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.film = FiLM(emb_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = zero_module(nn.Linear(hidden, hidden))
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        u = F.silu(self.film(self.fc1(self.norm(h)), emb))
+        return h + self.fc2(self.drop(u))
+
+
+class ResMLP(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        out_dim: int | None = None,
+        hidden: int = 256,
+        depth: int = 3,
+        emb_dim: int = 128,
+        cond_dim: int | None = None,
+        cond_mode: Literal["add", "film"] = "add",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if dim < 1 or hidden < 1 or depth < 1:
+            raise UserError(
+                f"ResMLP: dim, hidden and depth must be >= 1 (got {dim}, {hidden}, {depth}); "
+                "fix: e.g. ResMLP(16, hidden=256, depth=3)"
+            )
+        if cond_mode not in ("add", "film"):
+            raise UserError(f"ResMLP: cond_mode {cond_mode!r} is not allowed; use 'add' or 'film'")
+        self.dim = dim
+        self.out_dim = out_dim or dim
+        self.cond_dim = cond_dim
+        self.cond_mode = cond_mode
+        self.time_embed = TimeEmbedding(emb_dim)
+        block_emb = emb_dim
+        if cond_dim is not None:
+            self.cond_embed = CondEmbedding(cond_dim, emb_dim)
+            if cond_mode == "film":
+                block_emb = 2 * emb_dim
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_MLPBlock(hidden, block_emb, dropout) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(hidden)
+        self.out = zero_module(nn.Linear(hidden, self.out_dim))
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # x [B, dim], t [B] (or scalar), cond [B, cond_dim] -> [B, out_dim]
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise UserError(
+                f"ResMLP expects vectors [B, {self.dim}], got {tuple(x.shape)}; "
+                "fix: build ResMLP(dim) with the data's dimension"
+            )
+        t = t.to(x.dtype).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(t)
+        if self.cond_dim is not None:
+            if cond is None or cond.shape[-1] != self.cond_dim:
+                raise UserError(
+                    f"ResMLP was built with cond_dim={self.cond_dim} but got cond "
+                    f"{None if cond is None else tuple(cond.shape)}; fix: pass a [B, "
+                    f"{self.cond_dim}] code"
+                )
+            c = self.cond_embed(cond.to(x.dtype))
+            emb = emb + c if self.cond_mode == "add" else torch.cat([emb, c], dim=1)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(F.silu(self.norm_out(h)))

@@ -1,0 +1,145 @@
+"""UNet / ResMLP / layers: shapes for 8x8 to 64x64 and odd sizes, zero output at init,
+per-example independence, conditioning, and that the networks can actually fit a target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffrep.errors import UserError
+from diffrep.nets.layers import FiLM, TimeEmbedding, sinusoidal_embedding
+from diffrep.nets.mlp import ResMLP
+from diffrep.nets.unet import UNet
+
+TINY = dict(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1)
+
+
+def _randomise_output(net: torch.nn.Module) -> None:
+    """Zero-initialised output layers hide everything else; give them weights for probing."""
+    g = torch.Generator().manual_seed(0)
+    for name, p in net.named_parameters():
+        if (p == 0).all() and p.dim() > 1:
+            with torch.no_grad():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize(
+    "shape, image_size",
+    [((1, 8, 8), 8), ((1, 28, 28), 28), ((3, 32, 32), 32), ((1, 7, 7), None), ((2, 12, 20), None)],
+)
+def test_unet_shapes_and_zero_init(shape, image_size):
+    net = UNet(shape[0], image_size=image_size, **TINY)
+    x = torch.randn(3, *shape)
+    out = net(x, torch.rand(3))
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # training starts at eps_hat = 0
+
+
+def test_unet_64x64_and_downsampling_rule():
+    net = UNet(3, base_channels=8, channel_mults=(1, 1, 2, 2), image_size=64, attn_resolutions=(8,))
+    assert net._level_sizes(64) == [(64, 64), (32, 32), (16, 16), (8, 8)]
+    assert net._level_sizes(28)[:3] == [(28, 28), (14, 14), (7, 7)]
+    assert net._level_sizes(28)[3] == (7, 7)  # 7 is odd: no further downsampling
+    # attention only where the level size is listed: the 8x8 level, one per block and direction
+    assert set(net.attn_down) == {"3_0"}
+    out = net(torch.randn(2, 3, 64, 64), torch.rand(2))
+    assert out.shape == (2, 3, 64, 64)
+
+
+def test_unet_examples_are_independent_and_time_matters():
+    torch.manual_seed(0)
+    net = UNet(1, image_size=28, **TINY).eval()
+    _randomise_output(net)
+    x, t = torch.randn(4, 1, 28, 28), torch.rand(4)
+    full = net(x, t)
+    single = torch.cat([net(x[i : i + 1], t[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(full, single, rtol=1e-4, atol=1e-5)  # GroupNorm: no batch mixing
+    assert (net(x, t + 0.3) - full).abs().mean() > 1e-3 * full.abs().mean()
+    # a scalar t is broadcast over the batch
+    torch.testing.assert_close(net(x, torch.tensor(0.5)), net(x, torch.full((4,), 0.5)))
+
+
+def test_unet_channels_last_and_fourier_features():
+    torch.manual_seed(0)
+    a = UNet(1, image_size=28, **TINY)
+    b = UNet(1, image_size=28, channels_last=True, **TINY)
+    b.load_state_dict(a.state_dict())
+    _randomise_output(a)
+    b.load_state_dict(a.state_dict())
+    x, t = torch.randn(2, 1, 28, 28), torch.rand(2)
+    torch.testing.assert_close(a(x, t), b(x, t), rtol=1e-4, atol=1e-5)
+    ff = UNet(1, image_size=28, fourier_exponents=(6, 7), **TINY)
+    assert ff.conv_in.in_channels == 5  # x plus sin and cos at two frequencies
+    assert ff(x, t).shape == x.shape
+
+
+@pytest.mark.parametrize("mode", ["add", "film"])
+def test_unet_conditioning(mode):
+    torch.manual_seed(0)
+    net = UNet(1, image_size=8, cond_dim=3, cond_mode=mode, **TINY)
+    _randomise_output(net)
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    c = torch.randn(2, 3)
+    # conditioning paths start as the identity (zeroed FiLM); give them weights to probe
+    for m in net.modules():
+        if isinstance(m, FiLM):
+            torch.nn.init.normal_(m.proj.weight, std=0.1)
+    assert (net(x, t, c) - net(x, t, -c)).abs().max() > 1e-4
+    with pytest.raises(UserError, match="cond_dim=3"):
+        net(x, t)
+    with pytest.raises(UserError, match="in_channels"):
+        net(torch.randn(2, 3, 8, 8), t)
+
+
+def test_unet_learns_to_denoise():
+    """A few Adam steps on a fixed noisy batch must cut the eps-prediction error a lot."""
+    torch.manual_seed(0)
+    net = UNet(1, image_size=8, **TINY)
+    x0 = torch.zeros(8, 1, 8, 8)
+    x0[:, :, 2:6, 2:6] = 1.0
+    t = torch.rand(8)
+    a, s = (1 - t).sqrt().view(-1, 1, 1, 1), t.sqrt().view(-1, 1, 1, 1)
+    eps = torch.randn(8, 1, 8, 8)
+    xt = a * x0 + s * eps
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = (net(xt, t) - eps).square().mean().item()
+    for _ in range(60):
+        loss = (net(xt, t) - eps).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first == pytest.approx(1.0, abs=0.1)  # eps_hat = 0 at init: E||eps||^2 = 1
+    assert loss.item() < 0.5 * first
+
+
+def test_time_embedding_resolves_small_steps():
+    e = sinusoidal_embedding(torch.tensor([0.0, 1.0]), 16)
+    assert e.shape == (2, 16)
+    torch.testing.assert_close(e[0, 8:], torch.ones(8))  # cos(0) = 1
+    emb = TimeEmbedding(32)
+    # t in [0, 1] is scaled by 1000, so t and t + 1/1000 give clearly different features
+    f = sinusoidal_embedding(1000 * torch.tensor([0.5, 0.501]), 32)
+    assert (f[0] - f[1]).abs().max() > 0.5
+    assert emb(torch.rand(5)).shape == (5, 32)
+
+
+def test_resmlp_shapes_conditioning_and_fit():
+    torch.manual_seed(0)
+    net = ResMLP(2, hidden=64, depth=2, emb_dim=32)
+    x, t = torch.randn(256, 2), torch.rand(256)
+    assert torch.count_nonzero(net(x, t)) == 0
+    target = x * t[:, None] - torch.sin(3 * x.flip(1))  # depends on x and t
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = (net(x, t) - target).square().mean().item()
+    for _ in range(300):
+        loss = (net(x, t) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+    cnet = ResMLP(4, out_dim=3, hidden=32, depth=1, cond_dim=5, cond_mode="film")
+    assert cnet(torch.randn(7, 4), torch.rand(7), torch.randn(7, 5)).shape == (7, 3)
+    with pytest.raises(UserError, match="ResMLP expects"):
+        cnet(torch.randn(7, 3), torch.rand(7), torch.randn(7, 5))
+    with pytest.raises(UserError, match="cond_dim=5"):
+        cnet(torch.randn(7, 4), torch.rand(7))
