@@ -17,7 +17,7 @@ TINY = dict(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1)
 def _randomise_output(net: torch.nn.Module) -> None:
     """Zero-initialised output layers hide everything else; give them weights for probing."""
     g = torch.Generator().manual_seed(0)
-    for name, p in net.named_parameters():
+    for p in net.parameters():
         if (p == 0).all() and p.dim() > 1:
             with torch.no_grad():
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
