@@ -154,8 +154,10 @@ def cmd_eval(args) -> int:
 def cmd_sample(args) -> int:
     import torch
 
+    import math
+
     from diffrep.data import to_uint8
-    from diffrep.eval.plots import save_image_grid
+    from diffrep.eval.plots import image_grid
     from diffrep.runs import load_run
 
     if args.n < 1:
@@ -167,7 +169,8 @@ def cmd_sample(args) -> int:
     kw = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps)) if v is not None}
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = method.sample(args.n, generator=gen, **kw)
-    save_image_grid(to_uint8(x.cpu()), args.out)
+    images = to_uint8(x.cpu()).numpy()
+    Path(args.out).write_bytes(image_grid(images, nrow=max(1, math.isqrt(args.n - 1) + 1)))
     _say(f"wrote {args.n} samples to {args.out}")
     return 0
 
