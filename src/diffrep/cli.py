@@ -106,55 +106,40 @@ def _device(name: str | None) -> str:
 
 def cmd_train(args) -> int:
     from diffrep.config import load_config
-    from diffrep.data import load_dataset
-    from diffrep.methods import build_method
-    from diffrep.runs import write_run_info
-    from diffrep.train import seed_everything, train
+    from diffrep.runs import train_from_config
 
     overrides = list(args.set) + ([f"train.device={args.device}"] if args.device else [])
     cfg = load_config(args.config, overrides)
     out = Path(args.out or Path("runs") / Path(args.config).stem)
-    ckpt = out / "checkpoint"
-    if args.resume and not ckpt.is_dir():
-        raise UserError(
-            f"--resume: {out} has no checkpoint/ to continue from; drop --resume to start"
-        )
-    if not args.resume and ckpt.is_dir():
-        raise UserError(
-            f"{out} already holds a trained run; pass --resume to continue it or a new --out"
-        )
-    data = load_dataset(cfg.data.name, cfg.data.train_split, root=cfg.data.root, **cfg.data.options)
-    seed_everything(cfg.train.seed)  # reproducible initial weights
-    method = build_method(cfg.method_name, data.shape, **cfg.method_args)
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_run_info(out, cfg, data.shape)
-    n_params = sum(p.numel() for p in method.parameters())
-    _say(
-        f"training {cfg.method_name} ({n_params / 1e6:.2f}M parameters) on {cfg.data.name} "
-        f"{cfg.data.train_split} ({len(data)} images {tuple(data.shape)}) -> {out}"
-    )
-    summary = train(method, data, out, cfg.train, resume=args.resume)
-    if summary:
+    summary = train_from_config(cfg, out, resume=args.resume, log=_say)
+    if summary and int(os.environ.get("RANK", "0")) == 0:
         _say("done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
-    _say(f"next: diffrep eval {out} && diffrep report {out}")
+        _say(f"next: diffrep eval {out} && diffrep report {out}")
     return 0
 
 
 def cmd_eval(args) -> int:
     import json
 
+    from diffrep.config import load_config
     from diffrep.eval import run_eval
+    from diffrep.runs import read_run_info
 
-    result = run_eval(args.run_dir, overrides=list(args.set), device=_device(args.device))
+    read_run_info(args.run_dir)  # a clear error for a wrong directory
+    for item in args.set:
+        if not item.startswith("eval."):
+            raise UserError(f"--set {item!r}: diffrep eval only takes eval.* options")
+    cfg = load_config(Path(args.run_dir) / "config.yaml", list(args.set)).eval
+    result = run_eval(args.run_dir, cfg=cfg, device=_device(args.device))
     print(json.dumps(result, indent=2, default=_fmt))
     _say(f"wrote {Path(args.run_dir) / 'eval.json'}")
     return 0
 
 
 def cmd_sample(args) -> int:
-    import torch
-
     import math
+
+    import torch
 
     from diffrep.data import to_uint8
     from diffrep.eval.plots import image_grid

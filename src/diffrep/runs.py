@@ -83,3 +83,31 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu"):
     load_weights(run_dir / "checkpoint", method, ema=ema)
     method.to(device).eval()
     return method, cfg
+
+
+def train_from_config(cfg, out: str | Path, resume: bool = False, log=print) -> dict:
+    """Load the data, build the method, write the run info and train: `diffrep train`'s body."""
+    from diffrep.data import load_dataset
+    from diffrep.methods import build_method
+    from diffrep.train import seed_everything, train
+
+    out = Path(out)
+    has_ckpt = (out / "checkpoint").is_dir()
+    if resume and not has_ckpt:
+        raise UserError(f"--resume: {out} has no checkpoint/ to continue from; drop --resume")
+    if not resume and has_ckpt:
+        raise UserError(
+            f"{out} already holds a trained run; pass --resume to continue it or a new --out"
+        )
+    d = cfg.data
+    data = load_dataset(d.name, d.train_split, root=d.root, **d.options)
+    seed_everything(cfg.train.seed)  # reproducible initial weights
+    method = build_method(cfg.method_name, data.shape, **cfg.method_args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_run_info(out, cfg, data.shape)
+        n_params = sum(p.numel() for p in method.parameters())
+        log(
+            f"training {cfg.method_name} ({n_params / 1e6:.2f}M parameters) on {d.name} "
+            f"{d.train_split} ({len(data)} images {tuple(data.shape)}) -> {out}"
+        )
+    return train(method, data, out, cfg.train, resume=resume)
