@@ -1,0 +1,334 @@
+"""`evaluate` assembles eval.json from metric families; `run_eval` does it for a run directory.
+
+A metric family is a function `family(ctx: EvalContext) -> dict` registered in `EVALS`; its dict
+is deep-merged into eval.json and it may save pictures with `ctx.figure(...)`. `EvalConfig.metrics`
+names the families to run. A method-specific evaluation (DDIM steps against FID, a schedule plot)
+registers one more family, and the report shows its numbers and figures without changes.
+
+A family that fails with a `UserError` (e.g. Inception FID without the weights file) does not stop
+the others: the message goes into eval.json["errors"][family], and `run_eval` raises one
+UserError naming every failed family after writing eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffrep.errors import UserError
+from diffrep.eval import EvalConfig
+from diffrep.eval import plots as P
+from diffrep.eval.batching import batches, encode_features, subset_indices, to_uint8_np
+from diffrep.registry import Registry
+
+EVALS: Registry[Callable[..., dict]] = Registry("evaluation")
+
+
+@dataclass
+class EvalContext:
+    """What a metric family sees: the method, the (subsetted) data, the options, the run dir."""
+
+    method: object
+    train: object  # ImageData, at most cfg.max_train examples
+    test: object  # ImageData, at most cfg.max_eval examples
+    cfg: EvalConfig
+    run_dir: Path | None = None
+    full_train: object = None  # the whole train split (the FID network trains on it)
+    figures: list[str] = field(default_factory=list)
+    _features: dict = field(default_factory=dict)
+
+    def features(self, which: str) -> np.ndarray:
+        """encode(x) features [N, Z] of "train" or "test", computed once and shared."""
+        if which not in self._features:
+            data = self.train if which == "train" else self.test
+            self._features[which] = encode_features(self.method, data.images, self.cfg.batch_size)
+        return self._features[which]
+
+    def generator(self, offset: int) -> torch.Generator:
+        """A CPU generator seeded from cfg.seed, distinct per family (reproducible, independent)."""
+        return torch.Generator().manual_seed(self.cfg.seed * 1000 + offset)
+
+    def figure(self, name: str, png: bytes, title: str, section: str, caption: str = "", order=100):
+        if self.run_dir is not None:
+            P.save_figure(self.run_dir, name, png, title, section, caption, order)
+        self.figures.append(name)
+
+
+# --------------------------------------------------------------------------- families
+
+
+@EVALS.register("likelihood")
+def _likelihood(ctx: EvalContext) -> dict:
+    from diffrep.eval.likelihood import elbo_metrics, iw_nll
+
+    out = elbo_metrics(ctx.method, ctx.test.images, ctx.cfg.batch_size)
+    idx = subset_indices(len(ctx.test), ctx.cfg.iw_max_examples, ctx.cfg.seed)
+    out.update(
+        iw_nll(
+            ctx.method,
+            ctx.test.images[idx],
+            ctx.cfg.iw_samples,
+            ctx.cfg.batch_size,
+            generator=ctx.generator(1),
+        )
+    )
+    return out
+
+
+@EVALS.register("probe")
+def _probe(ctx: EvalContext) -> dict:
+    from diffrep.eval import probes
+
+    if not ctx.method.can("encode"):
+        return {}
+    cfg, tr, te = ctx.cfg, ctx.train, ctx.test
+    f_tr, f_te = ctx.features("train"), ctx.features("test")
+    out: dict = {"feature_dim": int(f_tr.shape[1])}
+    if tr.labels is not None and te.labels is not None and len(np.unique(tr.labels)) > 1:
+        y_tr, y_te = tr.labels, te.labels
+        out.update(
+            probes.linear_probe(
+                f_tr, y_tr, f_te, y_te, cfg.probe_C, cfg.probe_val_fraction, cfg.seed
+            )
+        )
+        out.update(probes.knn_probe(f_tr, y_tr, f_te, y_te, cfg.knn_k))
+        out.update(
+            probes.few_label_probe(
+                f_tr, y_tr, f_te, y_te, cfg.few_label_sizes, cfg.few_label_draws, seed=cfg.seed
+            )
+        )
+    if tr.factors is not None and te.factors is not None:
+        out["factors"] = probes.factor_probes(
+            f_tr, tr.factors, f_te, te.factors, tr.factor_names, tr.factor_kinds, seed=cfg.seed
+        )
+    idx = subset_indices(len(te), cfg.tsne_points, cfg.seed)
+    if len(idx) >= 5:
+        emb = probes.tsne_embed(f_te[idx], seed=cfg.seed)
+        labels = te.labels[idx] if te.labels is not None else None
+        png = P.scatter_2d(emb, labels, f"t-SNE of encode(x), {len(idx)} test points")
+        ctx.figure("tsne", png, "t-SNE of the representation", "Representation", order=30)
+    return {"probe": out}
+
+
+@EVALS.register("latent")
+def _latent(ctx: EvalContext) -> dict:
+    from diffrep.eval.latents import latent_health
+
+    cfg = ctx.cfg
+    out = latent_health(
+        ctx.method,
+        ctx.test.images,
+        cfg.batch_size,
+        cfg.active_unit_threshold,
+        cfg.mi_examples,
+        cfg.seed,
+    )
+    if not out:
+        return {}
+    if "kl_per_dim" in out:
+        png = P.bars(out["kl_per_dim"], "KL(q(z_d|x) || N(0,1)) per dimension", "d", "nats")
+        ctx.figure("kl_per_dim", png, "KL per latent dimension", "Latent health", order=40)
+    png = P.bars(
+        out["unit_variance"],
+        f"Cov_x(E_q[z_d]): {out['active_units']} of {out['latent_dim']} units active",
+        "d",
+        "variance",
+        hline=cfg.active_unit_threshold,
+    )
+    ctx.figure("active_units", png, "Active units (Burda et al.)", "Latent health", order=41)
+    return {"latent": out}
+
+
+@EVALS.register("recon")
+def _recon(ctx: EvalContext) -> dict:
+    from diffrep.eval.recon import recon_metrics
+
+    n = ctx.cfg.grid_images
+    out, recons = recon_metrics(
+        ctx.method, ctx.test.images, ctx.cfg.batch_size, generator=ctx.generator(2), keep=n
+    )
+    if recons is not None:
+        png = P.recon_grid(ctx.test.images[: len(recons)], recons, ncol=8)
+        caption = "Odd rows: test images; even rows: their reconstructions."
+        ctx.figure("reconstructions", png, "Reconstructions", "Reconstructions", caption, order=20)
+    return {"recon": out} if out else {}
+
+
+@torch.no_grad()
+def draw_samples(method, n: int, batch_size: int, generator, **kw) -> np.ndarray:
+    """n samples from the method as uint8 [n, C, H, W], drawn in batches."""
+    out = []
+    for sl in batches(n, batch_size, "sample"):
+        out.append(to_uint8_np(method.sample(sl.stop - sl.start, generator=generator, **kw)))
+    return np.concatenate(out)
+
+
+def _samples(ctx: EvalContext) -> np.ndarray:
+    if "samples" not in ctx._features:
+        g = ctx.generator(3)
+        s = draw_samples(
+            ctx.method, ctx.cfg.n_samples, ctx.cfg.batch_size, g, **ctx.cfg.sample_kwargs
+        )
+        ctx._features["samples"] = s
+        png = P.image_grid(s[: ctx.cfg.grid_images], nrow=8)
+        ctx.figure("samples", png, "Samples", "Samples", order=10)
+    return ctx._features["samples"]
+
+
+@EVALS.register("fid")
+def _fid(ctx: EvalContext) -> dict:
+    from diffrep.eval import fid
+    from diffrep.eval.fidnet import ensure_fidnet, fidnet_features, load_fidnet
+
+    if not ctx.method.can("sample"):
+        return {}
+    cfg = ctx.cfg
+    path = cfg.fidnet_path or ensure_fidnet(
+        ctx.full_train, cache_dir=cfg.fidnet_cache, epochs=cfg.fidnet_epochs, seed=cfg.seed
+    )
+    net, sha = load_fidnet(path)
+    samples = _samples(ctx)
+    real = ctx.test.images[subset_indices(len(ctx.test), cfg.n_samples, cfg.seed)]
+    s = fid.scores(
+        fidnet_features(net, real, cfg.batch_size),
+        fidnet_features(net, samples, cfg.batch_size),
+        cfg.kid_subset_size,
+        cfg.kid_subsets,
+        cfg.seed,
+    )
+    common = {"feature_net_sha256": sha, "n_samples": len(samples), "n_real": len(real)}
+    return {
+        "fid": {"domain": s["fid"], **common},
+        "kid": {"domain": s["kid"], "domain_std": s["kid_std"], **common},
+    }
+
+
+@EVALS.register("inception")
+def _inception(ctx: EvalContext) -> dict:
+    from diffrep.eval import fid
+    from diffrep.eval.inception import inception_features, load_inception
+
+    if not ctx.method.can("sample"):
+        return {}
+    cfg = ctx.cfg
+    net, sha = load_inception(cfg.inception_weights)
+    samples = _samples(ctx)
+    real = ctx.test.images[subset_indices(len(ctx.test), cfg.n_samples, cfg.seed)]
+    s = fid.scores(
+        inception_features(net, real, cfg.batch_size),
+        inception_features(net, samples, cfg.batch_size),
+        cfg.kid_subset_size,
+        cfg.kid_subsets,
+        cfg.seed,
+    )
+    return {
+        "fid": {"inception": s["fid"], "inception_sha256": sha},
+        "kid": {"inception": s["kid"], "inception_std": s["kid_std"]},
+    }
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def jsonable(obj):
+    """numpy scalars -> Python, NaN / inf -> None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def evaluate(
+    method,
+    train_data,
+    test_data,
+    cfg: EvalConfig | None = None,
+    run_dir: str | Path | None = None,
+) -> dict:
+    """Run the families in cfg.metrics; return the eval.json dict (figures go to run_dir)."""
+    cfg = cfg or EvalConfig()
+    for name in cfg.metrics:
+        EVALS.get(name)  # UserError naming the valid families
+    method.eval()
+    ctx = EvalContext(
+        method=method,
+        train=train_data.subset(subset_indices(len(train_data), cfg.max_train, cfg.seed)),
+        test=test_data.subset(subset_indices(len(test_data), cfg.max_eval, cfg.seed + 1)),
+        cfg=cfg,
+        run_dir=Path(run_dir) if run_dir is not None else None,
+        full_train=train_data,
+    )
+    result: dict = {
+        "method": type(method).__name__,
+        "capabilities": method.capabilities(),
+        "bound_is_valid": bool(method.bound_is_valid),
+        "n_train": len(ctx.train),
+        "n_test": len(ctx.test),
+        "dataset": getattr(test_data, "name", ""),
+        "eval_config": asdict(cfg),
+        "seconds": {},
+    }
+    errors: dict[str, str] = {}
+    for name in cfg.metrics:
+        t0 = time.perf_counter()
+        try:
+            _merge(result, EVALS.get(name)(ctx))
+        except UserError as e:
+            errors[name] = str(e)
+        result["seconds"][name] = round(time.perf_counter() - t0, 3)
+    result["figures"] = ctx.figures
+    if errors:
+        result["errors"] = errors
+    return jsonable(result)
+
+
+def write_eval(run_dir: str | Path, result: dict) -> Path:
+    from diffrep.runs import atomic_write_text
+
+    path = Path(run_dir) / "eval.json"
+    atomic_write_text(path, json.dumps(jsonable(result), indent=2, allow_nan=False))
+    return path
+
+
+def run_eval(
+    run_dir: str | Path, cfg: EvalConfig | None = None, device: str = "cpu", ema: bool = True
+) -> dict:
+    """Evaluate the run in `run_dir` (its config's eval section unless `cfg`), write eval.json."""
+    from diffrep.data import load_dataset
+    from diffrep.runs import load_run
+
+    method, config = load_run(run_dir, ema=ema, device=device)
+    cfg = cfg or config.eval
+    d = config.data
+    train = load_dataset(d.name, d.train_split, root=d.root, **d.options)
+    test = load_dataset(d.name, d.eval_split, root=d.root, **d.options)
+    result = evaluate(method, train, test, cfg, run_dir=run_dir)
+    write_eval(run_dir, result)
+    if result.get("errors"):
+        msgs = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+        raise UserError(f"eval.json written without {', '.join(result['errors'])} ({msgs})")
+    return result
