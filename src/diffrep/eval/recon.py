@@ -3,9 +3,10 @@
 - MSE: mean squared error per pixel value, images mapped from model space to [0, 1].
 - PSNR: 10 log10(1 / MSE_i) per image (data range 1), averaged over images.
 - SSIM (Wang, Bovik, Sheikh, Simoncelli 2004, eq. 13): local means, variances and covariance under
-  an 11x11 Gaussian window (sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 1, averaged over the
-  valid positions and channels of each image. Images smaller than 11 pixels use the largest odd
-  window that fits. Same definition as torchmetrics' and scikit-image's Gaussian SSIM.
+  an 11x11 Gaussian window (sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2, L = 1, on reflect-padded
+  images, averaged over all pixels and channels of each image: torchmetrics' convention
+  (scikit-image instead averages over the unpadded interior only). Images smaller than 11 pixels
+  use the largest odd window that fits.
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     c = x.shape[1]
     size = min(window, *(s - (1 - s % 2) for s in x.shape[-2:]))  # largest odd size that fits
     w = _gaussian_window(size, sigma, x.dtype).expand(c, 1, size, size)
+    p = (size - 1) // 2
+    x = F.pad(x, (p, p, p, p), mode="reflect")
+    y = F.pad(y, (p, p, p, p), mode="reflect")
 
-    def filt(a):  # depthwise "valid" convolution
+    def filt(a):  # depthwise "valid" convolution of the padded image: output H x W
         return F.conv2d(a, w, groups=c)
 
     mu_x, mu_y = filt(x), filt(y)
-    var_x = filt(x * x) - mu_x**2
-    var_y = filt(y * y) - mu_y**2
+    var_x = (filt(x * x) - mu_x**2).clamp_min(0.0)  # round-off can go below 0
+    var_y = (filt(y * y) - mu_y**2).clamp_min(0.0)
     cov = filt(x * y) - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
