@@ -26,14 +26,23 @@ def analytic_gaussian_eps_model(
     """eps_model(z_t, t) -> E[eps | z_t] for data N(mu, s2 I); t a float [B] in [0, 1]."""
 
     def eps_model(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            a, s = alpha_sigma(schedule(t.to(torch.float64).reshape(-1)))
+        with torch.no_grad():  # samplers pass one t for the whole batch: evaluate it once
+            tu, inv = torch.unique(t.to(torch.float64).reshape(-1), return_inverse=True)
+            a, s = alpha_sigma(schedule(tu.to(schedule.device)).to(z_t.device)[inv])
         a, s = _bc(a, z_t), _bc(s, z_t)
         m = torch.as_tensor(mu, dtype=z_t.dtype, device=z_t.device)
         v = torch.as_tensor(s2, dtype=z_t.dtype, device=z_t.device)
         return s * (z_t - a * m) / (a**2 * v + s**2)
 
     return eps_model
+
+
+def gaussian_marginal(
+    mu: float, s2: float, gamma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var) of q(z_t) = N(alpha_t mu, alpha_t^2 s2 + sigma_t^2) for data N(mu, s2)."""
+    a, s = alpha_sigma(gamma)
+    return a * mu, a**2 * s2 + s**2
 
 
 def gaussian_entropy_nats(s2: float) -> float:

@@ -1,0 +1,247 @@
+"""Samplers: short pure functions of a denoiser eps_model(z_t, t) and a schedule.
+
+`sampler(eps_model, schedule, x_T, steps, *, generator=None, progress=None, ...)` runs `steps`
+steps on the uniform grid t = 1, 1 - 1/steps, ..., 0 (any number of steps, independent of
+training) and returns x at t = 0 in data scale, z_0 / alpha_0 (for DDPM schedules alpha_0 = 1,
+z_0 is x itself). x_T is z_1 ~ N(0, I). The grid's gammas come from the schedule in float64.
+
+- `ancestral`: z_s ~ p(z_s | z_t) = q(z_s | z_t, x0_hat) (Ho et al. 2020 alg. 2; VDM eq. 33).
+- `ddim`: z_s = alpha_s x0_hat + sqrt(sigma_s^2 - s_eta^2) eps_hat + s_eta noise with
+  s_eta^2 = eta^2 Var q(z_s | z_t, x0) (Song et al. 2021a eq. 12); eta = 1 is ancestral.
+- `ode_sample`: the probability-flow ODE in x_bar = z / alpha and sigma_bar = sigma / alpha =
+  e^(gamma/2), where it reads dx_bar / dsigma_bar = eps_hat (Song et al. 2021a eq. 14), solved
+  by Heun's method (Karras et al. 2022 alg. 1; Euler on the last step when sigma_bar(0) = 0).
+  DDIM with eta = 0 is Euler on the same ODE.
+- `ddim_invert` / `ode_invert`: the same ODE run from x0 (t = 0) to z_1 (deterministic encoding).
+  `fixed_point_iters` makes each DDIM inversion step the exact inverse of the DDIM step.
+
+progress: None (a tqdm bar when stderr is a terminal), False (silent), or a callable
+progress(done, total) called after each step.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+
+from diffrep.diffusion.process import _bc, alpha_sigma, posterior_coefficients, x0_from_eps
+from diffrep.diffusion.schedules import Schedule
+from diffrep.errors import UserError
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Progress = Callable[[int, int], None] | bool | None
+F64 = torch.float64
+
+
+def _steps(n: int, progress: Progress, desc: str) -> Iterator[int]:
+    if callable(progress):
+        for k in range(n):
+            yield k
+            progress(k + 1, n)
+        return
+    from tqdm import tqdm
+
+    quiet = progress is False or (progress is None and not sys.stderr.isatty())
+    yield from tqdm(range(n), desc=desc, disable=quiet, leave=False)
+
+
+def _grid(schedule: Schedule, steps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, gamma) float64 [steps + 1] on the grid 1 -> 0."""
+    if steps < 1:
+        raise UserError(f"a sampler needs steps >= 1, got {steps}; fix: e.g. steps=100")
+    t = torch.linspace(1, 0, steps + 1, dtype=F64)
+    with torch.no_grad():
+        g = schedule(t.to(schedule.device)).to(device)
+    return t.to(device), g
+
+
+def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+
+def _eps(eps_model: EpsModel, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return eps_model(z, t.to(z.dtype).expand(z.shape[0]))
+
+
+def _x0_eps(eps_model, z, t, g, clip_x0: bool):
+    """(x0_hat, eps_hat) at (z, t); clip_x0 clamps x0_hat to [-1, 1] and makes eps consistent."""
+    eps_hat = _eps(eps_model, z, t)
+    x0_hat = x0_from_eps(z, g, eps_hat)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1, 1)
+        a, s = alpha_sigma(g)
+        eps_hat = (z - _bc(a, z) * x0_hat) / _bc(s, z)
+    return x0_hat, eps_hat
+
+
+def _to_data(z: torch.Tensor, gamma_0: torch.Tensor) -> torch.Tensor:
+    return z / _bc(alpha_sigma(gamma_0)[0], z)
+
+
+@torch.no_grad()
+def ancestral(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    progress: Progress = None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """Ancestral sampling z_s ~ q(z_s | z_t, x0_hat(z_t)) from t = 1 to 0 (DDPM and VDM)."""
+    t, g = _grid(schedule, steps, x_T.device)
+    z = x_T
+    for k in _steps(steps, progress, "ancestral"):
+        x0_hat, _ = _x0_eps(eps_model, z, t[k], g[k], clip_x0)
+        c_z, c_x, var = posterior_coefficients(g[k + 1], g[k])
+        z = _bc(c_z, z) * z + _bc(c_x, z) * x0_hat
+        if var > 0:
+            z = z + _bc(var.sqrt(), z) * _randn(z, generator)
+    return _to_data(z, g[-1])
+
+
+@torch.no_grad()
+def ddim(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    steps: int,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: Progress = None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021a eq. 12): eta = 0 deterministic, eta = 1 ancestral."""
+    if eta < 0:
+        raise UserError(f"ddim: eta must be >= 0, got {eta}; fix: 0 (deterministic) to 1")
+    t, g = _grid(schedule, steps, x_T.device)
+    z = x_T
+    for k in _steps(steps, progress, "ddim"):
+        x0_hat, eps_hat = _x0_eps(eps_model, z, t[k], g[k], clip_x0)
+        a_s, s_s = alpha_sigma(g[k + 1])
+        var_eta = eta**2 * posterior_coefficients(g[k + 1], g[k])[2]
+        z = _bc(a_s, z) * x0_hat + _bc((s_s**2 - var_eta).clamp(min=0).sqrt(), z) * eps_hat
+        if var_eta > 0:
+            z = z + _bc(var_eta.sqrt(), z) * _randn(z, generator)
+    return _to_data(z, g[-1])
+
+
+def _sigma_bar(g: torch.Tensor) -> torch.Tensor:
+    return torch.exp(0.5 * g)  # sigma / alpha; 0 at gamma = -inf
+
+
+def _ode(eps_model, t, g, xbar, heun: bool, progress, desc) -> torch.Tensor:
+    """Integrate dx_bar / dsigma_bar = eps_hat(alpha x_bar, t) along the grid (t, g)."""
+    sb = _sigma_bar(g)
+    a = alpha_sigma(g)[0]
+    for k in _steps(len(t) - 1, progress, desc):
+        h = (sb[k + 1] - sb[k]).to(xbar.dtype)
+        d = _eps(eps_model, _bc(a[k], xbar) * xbar, t[k])
+        x_next = xbar + h * d
+        if heun and sb[k + 1] > 0:  # the denoiser is not used at sigma = 0 (Karras alg. 1)
+            d2 = _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1])
+            x_next = xbar + h * 0.5 * (d + d2)
+        xbar = x_next
+    return xbar
+
+
+@torch.no_grad()
+def ode_sample(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    x_T: torch.Tensor,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    progress: Progress = None,
+    heun: bool = True,
+) -> torch.Tensor:
+    """Probability-flow ODE from z_1 = x_T to x (Heun in sigma_bar; 2 denoiser calls a step).
+
+    Deterministic: `generator` is accepted for a uniform sampler signature and not used.
+    """
+    t, g = _grid(schedule, steps, x_T.device)
+    xbar = x_T / _bc(alpha_sigma(g[0])[0], x_T)
+    return _ode(eps_model, t, g, xbar, heun, progress, "ode")
+
+
+@torch.no_grad()
+def ode_invert(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    steps: int,
+    *,
+    progress: Progress = None,
+    heun: bool = True,
+) -> torch.Tensor:
+    """The probability-flow ODE from data x0 (t = 0) to z_1 (t = 1), Heun's method."""
+    t, g = _grid(schedule, steps, x0.device)
+    t, g = t.flip(0), g.flip(0)
+    xbar = _ode(eps_model, t, g, x0, heun, progress, "ode-invert")
+    return xbar * _bc(alpha_sigma(g[-1])[0], xbar)
+
+
+@torch.no_grad()
+def ddim_invert(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    steps: int,
+    *,
+    fixed_point_iters: int = 0,
+    progress: Progress = None,
+) -> torch.Tensor:
+    """Deterministic DDIM inversion x0 -> z_1 (x_T) on the same grid as `ddim`.
+
+    Each step s -> t uses x_bar_t = x_bar_s + (sigma_bar_t - sigma_bar_s) eps_hat. The classic
+    inversion takes eps_hat at (z_s, s), which is only approximately undone by DDIM's step
+    (it takes eps_hat at (z_t, t)): the round trip errs by O(1 / steps). With
+    fixed_point_iters = k, eps_hat is re-evaluated at the current estimate of z_t k times
+    (k more denoiser calls a step), solving DDIM's own step backwards.
+    """
+    t, g = _grid(schedule, steps, x0.device)
+    t, g = t.flip(0), g.flip(0)
+    sb, a = _sigma_bar(g), alpha_sigma(g)[0]
+    xbar = x0
+    for k in _steps(steps, progress, "ddim-invert"):
+        h = (sb[k + 1] - sb[k]).to(x0.dtype)
+        x_next = xbar + h * _eps(eps_model, _bc(a[k], xbar) * xbar, t[k])
+        for _ in range(fixed_point_iters):
+            x_next = xbar + h * _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1])
+        xbar = x_next
+    return xbar * _bc(a[-1], xbar)
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ancestral": ancestral,
+    "ddim": ddim,
+    "ode": ode_sample,
+}
+
+
+def sample(
+    eps_model: EpsModel,
+    schedule: Schedule,
+    shape: tuple[int, ...],
+    *,
+    sampler: str = "ancestral",
+    steps: int = 100,
+    generator: torch.Generator | None = None,
+    progress: Progress = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **kw,
+) -> torch.Tensor:
+    """Draw x_T ~ N(0, I) of `shape` (from `generator`) and run the named sampler."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"sampler {sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
+    gdev = generator.device if generator is not None else device
+    x_T = torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+    fn = SAMPLERS[sampler]
+    return fn(eps_model, schedule, x_T, steps, generator=generator, progress=progress, **kw)
