@@ -103,3 +103,10 @@ def scores(
     """{"fid", "kid", "kid_std"} between two feature sets."""
     kid, kid_std = kid_from_features(real_feats, fake_feats, kid_subset_size, kid_subsets, seed)
     return {"fid": fid_from_features(real_feats, fake_feats), "kid": kid, "kid_std": kid_std}
+
+
+def train_fidnet(*args, **kwargs):
+    """`diffrep fidnet train DATASET`; see `diffrep.eval.fidnet.train_fidnet`."""
+    from diffrep.eval.fidnet import train_fidnet as _train
+
+    return _train(*args, **kwargs)

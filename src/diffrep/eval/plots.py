@@ -72,18 +72,32 @@ def recon_grid(originals: np.ndarray, recons: np.ndarray, ncol: int = 8) -> byte
 
 
 def scatter_2d(points: np.ndarray, labels: np.ndarray | None, title: str) -> bytes:
+    """2-D scatter, one colour and legend entry per label (up to 20 labels; else a colour bar)."""
     fig = _figure(5.5, 5.0)
     ax = fig.add_subplot()
+    classes = np.unique(labels) if labels is not None else []
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=3, c="tab:blue")
+    elif len(classes) <= 20:
+        cmap = "tab10" if len(classes) <= 10 else "tab20"
+        colours = _colormap(cmap)(np.arange(len(classes)))
+        for c, col in zip(classes, colours):
+            m = labels == c
+            ax.scatter(points[m, 0], points[m, 1], s=3, color=col, label=str(c))
+        ax.legend(markerscale=3, fontsize=7, loc="best", title="label", title_fontsize=7)
     else:
-        sc = ax.scatter(points[:, 0], points[:, 1], s=3, c=labels, cmap="tab10")
-        if len(np.unique(labels)) <= 20:
-            fig.colorbar(sc, ax=ax, label="label")
+        sc = ax.scatter(points[:, 0], points[:, 1], s=3, c=labels, cmap="viridis")
+        fig.colorbar(sc, ax=ax, label="label")
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     return _png(fig)
+
+
+def _colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name]
 
 
 def bars(values: list[float], title: str, xlabel: str, ylabel: str, hline: float | None = None):

@@ -1,0 +1,302 @@
+"""`diffrep report RUN_DIR` (one self-contained HTML page) and `diffrep compare RUN ...` (a table).
+
+The page embeds every picture as a base64 PNG data URI, has no scripts and no external resources,
+so it opens offline and can be mailed around. Its sections:
+
+    header      method, dataset, capabilities, version (run.json, eval.json)
+    config      config.yaml as text
+    training    curves of every numeric column of metrics.jsonl against step
+    metrics     eval.json flattened to dotted keys (probe.linear_acc, fid.domain, ...)
+    figures     every PNG in RUN_DIR/figures, grouped by the "section" of its sidecar JSON
+
+Extension hook: the report contains no per-method code. An evaluation that wants a figure on
+the page calls `diffrep.eval.plots.save_figure(run_dir, name, png, title, section, caption,
+order)` (or `ctx.figure(...)` inside a registered `diffrep.eval.suite.EVALS` family); its numbers
+appear in the metrics table because they are in eval.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+from diffrep.errors import UserError
+
+#: Metrics shown first, in this order, in the report and in `compare`; others follow, sorted.
+HEADLINE = (
+    "bpd",
+    "nll_iw_nats",
+    "nll_iw_bpd",
+    "probe.linear_acc",
+    "probe.knn_acc",
+    "probe.few_label_acc.10",
+    "probe.few_label_acc.100",
+    "probe.few_label_acc.1000",
+    "fid.domain",
+    "kid.domain",
+    "fid.inception",
+    "kid.inception",
+    "recon.mse",
+    "recon.psnr",
+    "recon.ssim",
+    "latent.active_units",
+    "latent.mi",
+    "latent.kl_total",
+)
+#: eval.json keys that are bookkeeping or per-dimension lists, not table rows.
+_SKIP = ("eval_config", "seconds", "figures", "capabilities", "errors", "method", "dataset")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists are dropped (per-dimension detail lives in figures)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if not prefix and k in _SKIP:
+            continue
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif not isinstance(v, list):
+            out[key] = v
+    return out
+
+
+def ordered_keys(keys) -> list[str]:
+    keys = set(keys)
+    return [k for k in HEADLINE if k in keys] + sorted(keys - set(HEADLINE))
+
+
+def format_value(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is corrupt ({e}); re-run `diffrep eval` to rewrite it") from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of metrics.jsonl (a torn last line from a crash is skipped)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "step" in row:
+                rows.append(row)
+    return rows
+
+
+def training_series(rows: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """{column: (steps, values)} for every numeric column (nested ones as dotted names)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        step = row["step"]
+        for k, v in flatten({k: v for k, v in row.items() if k != "step"}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                s = series.setdefault(k, ([], []))
+                s[0].append(step)
+                s[1].append(v)
+    return series
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#222;line-height:1.4}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;
+margin-top:2rem}.meta{color:#666}pre{background:#f6f6f6;padding:.8rem;overflow:auto;
+font-size:.85rem}table{border-collapse:collapse;font-size:.9rem}td,th{padding:.2rem .8rem;
+border-bottom:1px solid #eee;text-align:left}td.num{text-align:right;font-variant-numeric:
+tabular-nums}figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #eee;image-rendering:pixelated}
+figcaption{font-size:.85rem;color:#555;max-width:520px}.err{color:#a00}
+"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _figure(png: bytes, title: str, caption: str = "") -> str:
+    cap = html.escape(title) + (f" &mdash; {html.escape(caption)}" if caption else "")
+    return f"<figure>{_img(png, title)}<figcaption>{cap}</figcaption></figure>"
+
+
+def render_report(run_dir: str | Path) -> str:
+    """The HTML text of the report of `run_dir`."""
+    from diffrep.eval import plots
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(
+            f"run directory {str(run_dir)!r} does not exist; pass a `diffrep train` --out"
+        )
+    info = _read_json(run_dir / "run.json") or {}
+    ev = _read_json(run_dir / "eval.json")
+    esc = html.escape
+    title = f"diffrep report: {run_dir.name}"
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"]
+    parts.append(f"</title><style>{_CSS}</style></head><body><h1>{esc(title)}</h1>")
+    meta = [
+        f"method <b>{esc(str(info.get('method', ev.get('method', '?') if ev else '?')))}</b>",
+        f"dataset <b>{esc(str(info.get('dataset', ev.get('dataset', '?') if ev else '?')))}</b>",
+    ]
+    if info.get("version"):
+        meta.append(f"diffrep {esc(str(info['version']))}")
+    if ev and ev.get("capabilities"):
+        meta.append("can " + esc(", ".join(ev["capabilities"])))
+    parts.append(f"<p class='meta'>{' &middot; '.join(meta)}</p>")
+
+    cfg = run_dir / "config.yaml"
+    parts.append("<h2>Config</h2>")
+    parts.append(f"<pre>{esc(cfg.read_text())}</pre>" if cfg.is_file() else "<p>no config.yaml</p>")
+
+    series = training_series(read_metrics(run_dir / "metrics.jsonl"))
+    parts.append("<h2>Training</h2>")
+    if series:
+        parts.append(_figure(plots.curves(series), "Training curves", "metrics.jsonl"))
+    else:
+        parts.append("<p>no metrics.jsonl rows</p>")
+
+    parts.append("<h2>Metrics</h2>")
+    if ev is None:
+        parts.append(f"<p>not evaluated yet: run <code>diffrep eval {esc(str(run_dir))}</code></p>")
+    else:
+        if ev.get("bound_is_valid") is False:
+            parts.append(
+                "<p class='err'>The training objective is not a bound: bpd is not a likelihood.</p>"
+            )
+        for fam, msg in (ev.get("errors") or {}).items():
+            parts.append(f"<p class='err'>{esc(fam)}: {esc(msg)}</p>")
+        flat = flatten(ev)
+        rows = "".join(
+            f"<tr><td>{esc(k)}</td><td class='num'>{esc(format_value(flat[k]))}</td></tr>"
+            for k in ordered_keys(flat)
+        )
+        parts.append(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+
+    sections: dict[str, list[str]] = {}
+    for f in plots.list_figures(run_dir):
+        sections.setdefault(f["section"], []).append(
+            _figure(f["path"].read_bytes(), f["title"], f.get("caption", ""))
+        )
+    for section, figs in sections.items():
+        parts.append(f"<h2>{esc(section)}</h2>" + "".join(figs))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write RUN_DIR/report.html (or `out`); returns its path."""
+    from diffrep.runs import atomic_write_text
+
+    path = Path(out) if out is not None else Path(run_dir) / "report.html"
+    atomic_write_text(path, render_report(run_dir))
+    return path
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def _load_evals(run_dirs) -> list[tuple[str, dict, dict]]:
+    runs = []
+    names = [Path(r).name or str(r) for r in run_dirs]
+    for r, name in zip(run_dirs, names):
+        ev = _read_json(Path(r) / "eval.json")
+        if ev is None:
+            raise UserError(f"{r} has no eval.json; run `diffrep eval {r}` first")
+        info = _read_json(Path(r) / "run.json") or {}
+        label = name if names.count(name) == 1 else str(r)
+        runs.append((label, info, ev))
+    return runs
+
+
+def compare_table(run_dirs) -> tuple[list[str], list[dict]]:
+    """(columns, rows): one row per run with method, dataset and every flattened metric."""
+    runs = _load_evals(run_dirs)
+    flats = [flatten(ev) for _, _, ev in runs]
+    keys = ordered_keys(set().union(*flats))
+    keys = [k for k in keys if not k.endswith("sha256")]
+    rows = []
+    for (label, info, ev), flat in zip(runs, flats):
+        row = {
+            "run": label,
+            "method": info.get("method", ev.get("method")),
+            "dataset": info.get("dataset", ev.get("dataset")),
+        }
+        row.update({k: flat.get(k) for k in keys})
+        rows.append(row)
+    return ["run", "method", "dataset", *keys], rows
+
+
+def _fid_note(run_dirs) -> str:
+    shas = {ev.get("fid", {}).get("feature_net_sha256") for _, _, ev in _load_evals(run_dirs)}
+    shas.discard(None)
+    if len(shas) > 1:
+        return (
+            "\nnote: the runs used different FID feature networks; their domain FID/KID "
+            "are not comparable (retrain none, or pass one eval.fidnet_path to all)"
+        )
+    return ""
+
+
+def compare(
+    run_dirs,
+    fmt: str = "markdown",
+    csv_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+) -> str:
+    """The comparison table as markdown or JSON text; optionally also CSV and a bar-chart PNG."""
+    if fmt not in ("markdown", "json"):
+        raise UserError(f"--format {fmt!r}: choose markdown or json")
+    cols, rows = compare_table(run_dirs)
+    if csv_path is not None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows])
+        Path(csv_path).write_text(buf.getvalue())
+    if plot_path is not None:
+        from diffrep.eval.plots import grouped_bars
+
+        table = {
+            k: {r["run"]: float(r[k]) for r in rows if isinstance(r.get(k), (int, float))}
+            for k in HEADLINE
+            if k in cols
+        }
+        table = {k: v for k, v in table.items() if v}
+        Path(plot_path).write_bytes(grouped_bars(table, "diffrep compare"))
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    head = "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|\n"
+    body = "".join("| " + " | ".join(fmt_cell(r.get(k)) for k in cols) + " |\n" for r in rows)
+    return head + body + _fid_note(run_dirs)
+
+
+def fmt_cell(v) -> str:
+    return format_value(v).replace("|", "\\|")
