@@ -1,4 +1,9 @@
 """Methods register themselves on import; one line per method below."""
 
-from diffrep.methods import vae  # noqa: F401,E402
+from diffrep.methods import (
+    dae,  # noqa: F401,E402
+    ddpm,  # noqa: F401,E402
+    vae,  # noqa: F401,E402
+    vdm,  # noqa: F401,E402
+)
 from diffrep.methods.base import METHODS, Method, build_method  # noqa: F401
