@@ -65,8 +65,10 @@ def test_compare_markdown_csv_json(run_dir, tmp_path):
     (other / "eval.json").write_text(json.dumps(ev))
     md = compare([run_dir, other], csv_path=tmp_path / "t.csv", plot_path=tmp_path / "c.png")
     lines = md.strip().splitlines()
-    assert lines[0].startswith("| run | method | dataset | bpd |")
-    assert len(lines) == 4
+    assert lines[0] == f"| metric | {run_dir.name} | other |"
+    bpd_row = next(line for line in lines if line.startswith("| bpd |"))
+    cells = [float(c) for c in bpd_row.strip("| ").split(" | ")[1:]]
+    assert cells[1] == pytest.approx(cells[0] + 1.0, rel=1e-3)
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert float(rows[1]["bpd"]) == pytest.approx(float(rows[0]["bpd"]) + 1.0)
     js = json.loads(compare([run_dir, other], fmt="json"))
@@ -74,6 +76,16 @@ def test_compare_markdown_csv_json(run_dir, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(UserError, match="no eval.json"):
         compare([tmp_path])
+
+
+def test_comparison_page_has_table_and_every_runs_samples(run_dir, tmp_path):
+    from diffrep.report import write_comparison_report
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    page = write_comparison_report([run_dir, other], tmp_path / "cmp.html").read_text()
+    assert "<td>bpd</td>" in page
+    assert page.count("data:image/png;base64,") >= 3  # bar chart + two sample grids
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+")
     c.add_argument("--csv", help="also write the table as CSV to this file")
     c.add_argument("--format", choices=["markdown", "json"], default="markdown")
+    c.add_argument("--plot", help="also write a bar chart of the headline metrics (PNG)")
+    c.add_argument("--html", help="also write a comparison page with each run's samples")
 
     d = sub.add_parser("data", help="list, describe or download datasets")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
@@ -82,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     df = dsub.add_parser("fetch", help="download a dataset (with sha256 checks)")
     df.add_argument("name")
     df.add_argument("--root", help="where to put it (default $DIFFREP_DATA or ./data)")
+
+    q = sub.add_parser("demo", help="the quickstart: three VAE priors on the embedded digits")
+    q.add_argument("--out", default="runs/demo")
+    q.add_argument("--steps", type=int, default=2000, help="training steps per model")
+    q.add_argument("--device", default=None)
 
     f = sub.add_parser("fidnet", help="the domain feature network behind domain FID/KID")
     fsub = f.add_subparsers(dest="fidnet_command", metavar="ACTION")
@@ -169,9 +176,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from diffrep.report import compare
+    from diffrep.report import compare, write_comparison_report
 
-    print(compare(args.run_dirs, fmt=args.format, csv_path=args.csv))
+    print(compare(args.run_dirs, fmt=args.format, csv_path=args.csv, plot_path=args.plot))
+    if args.html:
+        _say(f"wrote {write_comparison_report(args.run_dirs, args.html)}")
     return 0
 
 
@@ -187,6 +196,15 @@ def cmd_data(args) -> int:
             print(p)
     else:
         raise UserError("diffrep data needs an action: list, info NAME or fetch NAME")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from diffrep.demo import run_demo
+
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    run_demo(args.out, steps=args.steps, device=args.device)
     return 0
 
 
@@ -208,6 +226,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "data": cmd_data,
     "fidnet": cmd_fidnet,
+    "demo": cmd_demo,
 }
 
 

@@ -293,9 +293,74 @@ def compare(
         Path(plot_path).write_bytes(grouped_bars(table, "diffrep compare"))
     if fmt == "json":
         return json.dumps(rows, indent=2)
-    head = "| " + " | ".join(cols) + " |\n|" + "|".join("---" for _ in cols) + "|\n"
-    body = "".join("| " + " | ".join(fmt_cell(r.get(k)) for k in cols) + " |\n" for r in rows)
-    return head + body + _fid_note(run_dirs)
+    return markdown_table(cols, rows) + _fid_note(run_dirs)
+
+
+def _metric_rows(cols: list[str], rows: list[dict]) -> list[tuple[str, list]]:
+    """Transpose: one (metric, [value per run]) per metric that at least one run has."""
+    return [
+        (k, [r.get(k) for r in rows]) for k in cols[1:] if any(r.get(k) is not None for r in rows)
+    ]
+
+
+def markdown_table(cols: list[str], rows: list[dict]) -> str:
+    """Metrics as rows and runs as columns: stays readable with many metrics and few runs."""
+    runs = [str(r["run"]) for r in rows]
+    head = "| metric | " + " | ".join(runs) + " |\n|---|" + "|".join("---" for _ in runs) + "|\n"
+    body = "".join(
+        f"| {k} | " + " | ".join(fmt_cell(v) for v in vals) + " |\n"
+        for k, vals in _metric_rows(cols, rows)
+    )
+    return head + body
+
+
+def render_comparison(run_dirs, title: str = "diffrep comparison") -> str:
+    """HTML: the comparison table, a bar chart of the headline metrics, each run's samples."""
+    from diffrep.eval import plots
+
+    esc = html.escape
+    cols, rows = compare_table(run_dirs)
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"]
+    parts.append(f"</title><style>{_CSS}</style></head><body><h1>{esc(title)}</h1>")
+    links = " &middot; ".join(
+        f"<a href='{esc(Path(d).name)}/report.html'>{esc(str(r['run']))}</a>"
+        for d, r in zip(run_dirs, rows)
+    )
+    parts.append(f"<p class='meta'>per-run reports: {links}</p><h2>Metrics</h2>")
+    th = "".join(f"<th>{esc(str(r['run']))}</th>" for r in rows)
+    trs = "".join(
+        f"<tr><td>{esc(k)}</td>"
+        + "".join(f"<td class='num'>{esc(format_value(v))}</td>" for v in vals)
+        + "</tr>"
+        for k, vals in _metric_rows(cols, rows)
+    )
+    parts.append(f"<table><tr><th>metric</th>{th}</tr>{trs}</table>")
+    note = _fid_note(run_dirs).strip()
+    if note:
+        parts.append(f"<p class='err'>{esc(note)}</p>")
+    table = {
+        k: {r["run"]: float(r[k]) for r in rows if isinstance(r.get(k), (int, float))}
+        for k in HEADLINE
+        if k in cols
+    }
+    table = {k: v for k, v in table.items() if v}
+    if table:
+        parts.append(_figure(plots.grouped_bars(table, ""), "Headline metrics"))
+    parts.append("<h2>Samples</h2>")
+    for d, r in zip(run_dirs, rows):
+        png = Path(d) / plots.FIGURES_DIR / "samples.png"
+        if png.is_file():
+            parts.append(_figure(png.read_bytes(), str(r["run"])))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_comparison_report(run_dirs, out: str | Path, title: str = "diffrep comparison") -> Path:
+    """Write one HTML page comparing evaluated runs (see `render_comparison`)."""
+    from diffrep.runs import atomic_write_text
+
+    atomic_write_text(Path(out), render_comparison(run_dirs, title))
+    return Path(out)
 
 
 def fmt_cell(v) -> str:
