@@ -33,6 +33,17 @@ CANDIDATES: dict[str, dict] = {
     "c32 m(1,2,4) r1 attn7": dict(base_channels=32, channel_mults=(1, 2, 4), num_res_blocks=1),
     "c64 m(1,1,2) r1 attn7": dict(base_channels=64, channel_mults=(1, 1, 2), num_res_blocks=1),
     "c16 m(1,2,4) r1 attn7": dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1),
+    "c32 m(1,2,2) r1 chlast ff": dict(
+        base_channels=32,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        channels_last=True,
+        fourier_exponents=(6, 7),
+    ),
+    "c24 m(1,2,2) r1 attn7": dict(base_channels=24, channel_mults=(1, 2, 2), num_res_blocks=1),
+    "c32 m(1,2) r1 noattn": dict(
+        base_channels=32, channel_mults=(1, 2), num_res_blocks=1, attn_resolutions=()
+    ),
     "c64 m(1,) r2 noattn (VDM-like)": dict(
         base_channels=64, channel_mults=(1,), num_res_blocks=2, attn_resolutions=()
     ),
