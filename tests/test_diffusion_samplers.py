@@ -98,6 +98,8 @@ def test_ode_inversion_round_trip_and_sampler_validation():
         S.ancestral(model, sched, z1, 0)
     with pytest.raises(UserError, match="sampler"):
         S.sample(model, sched, (2, 3), sampler="euler-maruyama")
+    with pytest.raises(UserError, match="eta"):
+        S.sample(model, sched, (2, 3), sampler="ode", eta=0.5)
 
 
 def test_sample_helper_and_clipping_on_float32():

@@ -48,6 +48,8 @@ def test_loss_is_finite_per_example_and_backpropagates(name, kw):
     for key, v in terms.items():
         assert v.shape == (B,) and torch.isfinite(v).all(), key
     terms["loss"].mean().backward()
+    if m.can("elbo"):  # also under torch.no_grad, with every option
+        assert torch.isfinite(m.eval().elbo(_batch()["x0"])["total"]).all()
     nets = [p for n, p in m.named_parameters() if not n.startswith("schedule")]
     assert sum(p.grad.abs().sum() for p in nets if p.grad is not None) > 0
     if name == "vdm" and kw.get("schedule", "learned-linear").startswith("learned"):

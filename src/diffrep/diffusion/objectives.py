@@ -225,7 +225,8 @@ def vdm_elbo(
     if hooks:
         scale = 2 * diffusion.detach().to(F64)  # d L^2 = 2 L dL, per example
         for h in hooks.values():
-            h.register_hook(lambda grad, scale=scale: grad * scale)
+            if h.requires_grad:  # not under torch.no_grad (evaluation)
+                h.register_hook(lambda grad, scale=scale: grad * scale)
     return {
         "recon": recon,
         "prior": prior,

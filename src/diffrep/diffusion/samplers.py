@@ -21,6 +21,7 @@ progress(done, total) called after each step.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 
@@ -241,7 +242,14 @@ def sample(
     """Draw x_T ~ N(0, I) of `shape` (from `generator`) and run the named sampler."""
     if sampler not in SAMPLERS:
         raise UserError(f"sampler {sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
+    fn = SAMPLERS[sampler]
+    options = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(kw) - set(options))
+    if unknown:
+        raise UserError(
+            f"sampler {sampler!r} has no option {', '.join(unknown)}; its options: "
+            f"{', '.join(o for o in options if o not in ('generator', 'progress'))}"
+        )
     gdev = generator.device if generator is not None else device
     x_T = torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
-    fn = SAMPLERS[sampler]
     return fn(eps_model, schedule, x_T, steps, generator=generator, progress=progress, **kw)
