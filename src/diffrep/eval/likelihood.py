@@ -21,11 +21,9 @@ import math
 import numpy as np
 import torch
 
+from diffrep.data import bits_per_dim
+from diffrep.distributions import gaussian_log_prob
 from diffrep.eval.batching import batches, model_input
-
-
-def bits_per_dim(nats: float, dim: int) -> float:
-    return nats / (dim * math.log(2.0))
 
 
 @torch.no_grad()
@@ -48,11 +46,6 @@ def elbo_metrics(method, images_uint8: np.ndarray, batch_size: int = 256) -> dic
         "elbo_terms": means,
         "bound_is_valid": bool(method.bound_is_valid),
     }
-
-
-def _gaussian_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor):
-    """log N(z; mean, diag exp(logvar)) summed over dims [..., Z] -> [...]."""
-    return -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 
 
 def can_iw(method) -> bool:
@@ -86,7 +79,7 @@ def iw_nll(
             m = min(chunk, k - s)
             eps = torch.randn((m, *mean.shape), generator=generator, device="cpu").to(dev)
             z = mean + torch.exp(0.5 * logvar) * eps  # [m, B, Z]
-            log_q = _gaussian_log_density(z, mean, logvar)  # [m, B]
+            log_q = gaussian_log_prob(z, mean, logvar)  # [m, B]
             xr = x0.unsqueeze(0).expand(m, *x0.shape).reshape(m * b, *x0.shape[1:])
             log_j = method.log_joint(xr, z.reshape(m * b, -1)).view(m, b)
             logw.append((log_j - log_q).double())

@@ -274,6 +274,7 @@ def evaluate(
     for name in cfg.metrics:
         EVALS.get(name)  # UserError naming the valid families
     method.eval()
+    torch.manual_seed(cfg.seed)  # methods' own Monte Carlo (ELBO noise) is reproducible too
     ctx = EvalContext(
         method=method,
         train=train_data.subset(subset_indices(len(train_data), cfg.max_train, cfg.seed)),
