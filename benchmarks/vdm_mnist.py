@@ -21,16 +21,23 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# Passive OpenMP waiting must be set before torch loads libgomp: on a shared machine, spinning
+# worker threads that get descheduled make 2 threads ~3x *slower* than 1 (measured here with
+# unet_throughput.py while other jobs ran); passive waiting keeps 2 threads near 1-thread speed
+# under contention and costs little on an idle machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from diffrep.config import load_config
-from diffrep.data import bits_per_dim, load_dataset, to_model_input
-from diffrep.methods import build_method
-from diffrep.train import EMA
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from diffrep.config import load_config  # noqa: E402
+from diffrep.data import bits_per_dim, load_dataset, to_model_input  # noqa: E402
+from diffrep.methods import build_method  # noqa: E402
+from diffrep.train import EMA  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK = "▁▂▃▄▅▆▇█"

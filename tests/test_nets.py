@@ -143,3 +143,14 @@ def test_resmlp_shapes_conditioning_and_fit():
         cnet(torch.randn(7, 3), torch.rand(7), torch.randn(7, 5))
     with pytest.raises(UserError, match="cond_dim=5"):
         cnet(torch.randn(7, 4), torch.rand(7))
+
+
+@pytest.mark.parametrize("size, mults", [(28, (1, 2, 2, 2)), (8, (1, 2, 2))])
+def test_unet_every_parameter_is_used(size, mults):
+    """With image_size known, no layer is dead weight (levels that cannot downsample at 7x7
+    or 4x4 get no resampling convs, attention only where the size is listed)."""
+    net = UNet(1, image_size=size, base_channels=8, channel_mults=mults)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    net(torch.randn(2, 1, size, size), torch.rand(2)).square().sum().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []

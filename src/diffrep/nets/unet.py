@@ -93,6 +93,13 @@ class UNet(nn.Module):
         chans = [base_channels * m for m in channel_mults]
         self._levels = len(chans)
         self._nrb = num_res_blocks
+        sizes = self._level_sizes(image_size) if image_size is not None else None
+        # resize[i]: level i is followed by a downsample (known only when image_size is given;
+        # otherwise every level gets resampling layers and the size rule decides at run time)
+        resize = [
+            i < self._levels - 1 and (sizes is None or sizes[i + 1] != sizes[i])
+            for i in range(self._levels)
+        ]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         c = base_channels
@@ -104,8 +111,7 @@ class UNet(nn.Module):
                 c = ch
                 skip_chans.append(c)
             self.down.append(blocks)
-            last = i == len(chans) - 1
-            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, 2, 1))
+            self.downsample.append(nn.Conv2d(c, c, 3, 2, 1) if resize[i] else nn.Identity())
         self.mid1 = ResBlock(c, c, emb_dim, dropout=dropout)
         self.mid_attn = Attention(c, attn_heads)
         self.mid2 = ResBlock(c, c, emb_dim, dropout=dropout)
@@ -117,14 +123,14 @@ class UNet(nn.Module):
                 blocks.append(ResBlock(c + skip_chans.pop(), chans[i], emb_dim, dropout=dropout))
                 c = chans[i]
             self.up.append(blocks)
-            self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(c, c, 3, padding=1))
+            up = i > 0 and resize[i - 1]
+            self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if up else nn.Identity())
         # One attention module per (level, block) whose size is in attn_resolutions. Which levels
         # qualify depends on the input size: with `image_size` given only those are created;
         # without it every level gets one and the size check picks at run time (the unused ones
         # then get no gradient; pass image_size to avoid the extra parameters).
         self.attn_down = nn.ModuleDict()
         self.attn_up = nn.ModuleDict()
-        sizes = self._level_sizes(image_size) if image_size is not None else None
         for i, ch in enumerate(chans):
             if sizes is not None and min(sizes[i]) not in self.attn_resolutions:
                 continue
