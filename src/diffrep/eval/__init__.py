@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 #: Metric families `evaluate` knows; `EvalConfig.metrics` picks among them (plus any family
 #: registered later in `diffrep.eval.suite.EVALS`).
 DEFAULT_METRICS = ("likelihood", "probe", "latent", "recon", "fid")
+# diffrep.eval.diffusion's families (each skips a method it does not apply to)
+DEFAULT_METRICS += ("schedule", "ddim_steps", "memorisation")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class EvalConfig:
     kid_subset_size: int = 1000
     kid_subsets: int = 50
     inception_weights: str | None = None  # pt_inception-2015-12-05 weights for "inception"
+    ddim_steps: tuple[int, ...] = (10, 25, 50, 100)  # "ddim_steps": domain FID per step count
     # pictures
     grid_images: int = 64
 

@@ -333,3 +333,7 @@ def run_eval(
         msgs = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
         raise UserError(f"eval.json written without {', '.join(result['errors'])} ({msgs})")
     return result
+
+
+# Method-specific families register themselves on import (schedule, ddim_steps, memorisation).
+from diffrep.eval import diffusion as _diffusion  # noqa: E402,F401
