@@ -98,6 +98,7 @@ def schedule_figure(curves: dict, gamma_0: float, gamma_1: float, learnable: boo
             ax1.annotate(f"gamma({x:g}) = {y:.3g}", (x, y), textcoords="offset points",
                          xytext=(6 if x == 0 else -6, 6), ha="left" if x == 0 else "right",
                          fontsize=8)  # fmt: skip
+    ax1.margins(y=0.12)  # room for the endpoint labels
     ax1.set(title="gamma(t) = -log SNR(t)", xlabel="t", ylabel="gamma")
     ax1.legend(fontsize=8, loc="lower right")
     ax2.plot(t, curves["alpha"], label="alpha_t", color="tab:blue")
@@ -154,6 +155,7 @@ def fid_steps_figure(steps: list[int], fids: list[float]) -> bytes:
     ax.plot(steps, fids, marker="o", color="tab:blue")
     ax.set_xscale("log")
     ax.set_xticks(steps, [str(s) for s in steps])
+    ax.minorticks_off()  # only the evaluated step counts are labelled
     ax.set(title="Domain FID of DDIM (eta = 0) samples", xlabel="DDIM steps", ylabel="FID")
     return P._png(fig)
 
