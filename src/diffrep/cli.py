@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["markdown", "json"], default="markdown")
     c.add_argument("--plot", help="also write a bar chart of the headline metrics (PNG)")
     c.add_argument("--html", help="also write a comparison page with each run's samples")
+    c.add_argument(
+        "--layout",
+        choices=["runs", "priors"],
+        default="runs",
+        help="runs: one column per run (default); priors: seed 004's Table 1 (rows priors, "
+        "columns latent sizes, cells FID / NLL) for VAE runs",
+    )
 
     d = sub.add_parser("data", help="list, describe or download datasets")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION")
@@ -87,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("demo", help="the quickstart: three VAE priors on the embedded digits")
     q.add_argument("--out", default="runs/demo")
-    q.add_argument("--steps", type=int, default=2000, help="training steps per model")
+    q.add_argument("--steps", type=int, default=1500, help="training steps per model")
     q.add_argument("--device", default=None)
 
     f = sub.add_parser("fidnet", help="the domain feature network behind domain FID/KID")
@@ -178,6 +185,15 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from diffrep.report import compare, write_comparison_report
 
+    if args.layout == "priors":
+        from diffrep.report import table1, write_table1_report
+
+        if args.format != "markdown" or args.csv or args.plot:
+            raise UserError("--layout priors prints markdown only; drop --format/--csv/--plot")
+        print(table1(args.run_dirs))
+        if args.html:
+            _say(f"wrote {write_table1_report(args.run_dirs, args.html)}")
+        return 0
     print(compare(args.run_dirs, fmt=args.format, csv_path=args.csv, plot_path=args.plot))
     if args.html:
         _say(f"wrote {write_comparison_report(args.run_dirs, args.html)}")

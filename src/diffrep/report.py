@@ -365,3 +365,119 @@ def write_comparison_report(run_dirs, out: str | Path, title: str = "diffrep com
 
 def fmt_cell(v) -> str:
     return format_value(v).replace("|", "\\|")
+
+
+# --------------------------------------------------------------------------- Table 1 layout
+
+#: Row order of `table1`: seed 004's priors first, any other prior after them, sorted.
+PRIOR_ORDER = ("gaussian", "flow", "diffusion")
+
+
+def table1_cells(run_dirs) -> tuple[list[str], list[int], dict[tuple[str, int], dict]]:
+    """(priors, latent sizes, {(prior, latent_dim): cell}) of evaluated VAE runs (seed 004 Table 1).
+
+    Runs are grouped by run.json's method_args `prior` (default "gaussian", the VAE's) and
+    `latent_dim`; a cell holds the run's label and directory, its domain FID, IW-NLL in nats and
+    whether that NLL is only an upper bound (the diffusion prior's density is itself a bound).
+    """
+    cells: dict[tuple[str, int], dict] = {}
+    for d, (label, info, ev) in zip(run_dirs, _load_evals(run_dirs)):
+        args = info.get("method_args") or {}
+        if "latent_dim" not in args:
+            raise UserError(
+                f"{d}: run.json has no method_args.latent_dim, so it has no place in the priors "
+                "layout; fix: compare VAE runs (method vae with latent_dim set), or drop --layout"
+            )
+        key = (str(args.get("prior", "gaussian")), int(args["latent_dim"]))
+        if key in cells:
+            raise UserError(
+                f"{d} and {cells[key]['dir']} are both prior={key[0]}, latent_dim={key[1]}; "
+                "fix: pass one run per (prior, latent size)"
+            )
+        cells[key] = {
+            "run": label,
+            "dir": str(d),
+            "fid": (ev.get("fid") or {}).get("domain"),
+            "nll": ev.get("nll_iw_nats"),
+            "nll_k": ev.get("nll_iw_k"),
+            "nll_is_bound": bool(ev.get("nll_iw_nats_is_bound", False)),
+        }
+    found = {p for p, _ in cells}
+    priors = [p for p in PRIOR_ORDER if p in found] + sorted(found - set(PRIOR_ORDER))
+    latents = sorted({z for _, z in cells})
+    return priors, latents, cells
+
+
+def _table1_cell(cell: dict | None) -> str:
+    if cell is None:
+        return "-"
+    nll = format_value(cell["nll"]) + ("*" if cell["nll_is_bound"] and cell["nll"] else "")
+    return f"{format_value(cell['fid'])} / {nll}"
+
+
+def _table1_caption(cells: dict) -> str:
+    ks = sorted({c["nll_k"] for c in cells.values() if c["nll_k"]})
+    k = f", k = {'/'.join(map(str, ks))}" if ks else ""
+    text = f"cells: domain FID / importance-weighted NLL in nats{k} (lower is better for both)"
+    if any(c["nll_is_bound"] for c in cells.values()):
+        text += "; * the prior's density is itself a bound, so this NLL is an upper bound"
+    return text
+
+
+def table1(run_dirs) -> str:
+    """Markdown laid out as seed 004's Table 1: rows priors, columns latent sizes, cells FID / NLL.
+
+    `diffrep compare --layout priors RUN ...` prints it; see `table1_cells` for the grouping.
+    """
+    priors, latents, cells = table1_cells(run_dirs)
+    head = "| prior | " + " | ".join(f"Z = {z}" for z in latents) + " |\n"
+    head += "|---|" + "|".join("---" for _ in latents) + "|\n"
+    body = "".join(
+        f"| {p} | "
+        + " | ".join(fmt_cell(_table1_cell(cells.get((p, z)))) for z in latents)
+        + " |\n"
+        for p in priors
+    )
+    return head + body + "\n" + _table1_caption(cells) + _fid_note(run_dirs)
+
+
+def render_table1(run_dirs, title: str = "diffrep: priors x latent sizes (seed 004 Table 1)"):
+    """HTML: the Table 1 layout, then every run's sample grid in the same rows and columns."""
+    from diffrep.eval import plots
+
+    esc = html.escape
+    priors, latents, cells = table1_cells(run_dirs)
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"]
+    parts.append(f"</title><style>{_CSS}</style></head><body><h1>{esc(title)}</h1>")
+    th = "".join(f"<th>Z = {z}</th>" for z in latents)
+    rows = "".join(
+        f"<tr><td>{esc(p)}</td>"
+        + "".join(f"<td class='num'>{esc(_table1_cell(cells.get((p, z))))}</td>" for z in latents)
+        + "</tr>"
+        for p in priors
+    )
+    parts.append(f"<h2>Table</h2><table><tr><th>prior</th>{th}</tr>{rows}</table>")
+    parts.append(f"<p class='meta'>{esc(_table1_caption(cells))}</p>")
+    note = _fid_note(run_dirs).strip()
+    if note:
+        parts.append(f"<p class='err'>{esc(note)}</p>")
+    parts.append(f"<h2>Samples</h2><table><tr><th>prior</th>{th}</tr>")
+    for p in priors:
+        tds = []
+        for z in latents:
+            cell = cells.get((p, z))
+            png = Path(cell["dir"]) / plots.FIGURES_DIR / "samples.png" if cell else None
+            img = _img(png.read_bytes(), f"{p}, Z = {z}") if png and png.is_file() else "-"
+            tds.append(f"<td>{img}</td>")
+        parts.append(f"<tr><td>{esc(p)}</td>{''.join(tds)}</tr>")
+    parts.append("</table></body></html>")
+    return "\n".join(parts)
+
+
+def write_table1_report(run_dirs, out: str | Path, title: str | None = None) -> Path:
+    """Write the Table 1 page (`render_table1`) to `out`; returns its path."""
+    from diffrep.runs import atomic_write_text
+
+    kw = {"title": title} if title else {}
+    atomic_write_text(Path(out), render_table1(run_dirs, **kw))
+    return Path(out)
