@@ -175,8 +175,9 @@ def ddim_steps_family(ctx: EvalContext) -> dict:
             f"eval.ddim_steps must be step counts >= 1, got {list(cfg.ddim_steps)}; "
             "fix: e.g. --set 'eval.ddim_steps=[10, 25, 50, 100]'"
         )
-    n = min(cfg.n_samples, MAX_SAMPLES, len(ctx.test))
+    n = min(cfg.n_samples, MAX_SAMPLES)
     net, sha = _fidnet(ctx)
+    # the `fid` family's real set (the same images whenever n_samples <= MAX_SAMPLES)
     real = ctx.test.images[subset_indices(len(ctx.test), n, cfg.seed)]
     real_f = fidnet_features(net, real, cfg.batch_size)
     fids, rows = {}, []
@@ -189,7 +190,8 @@ def ddim_steps_family(ctx: EvalContext) -> dict:
     ctx.figure(
         "ddim_steps", fid_steps_figure(steps, [fids[str(k)] for k in steps]),
         "Sample quality against DDIM steps", "Diffusion",
-        f"Domain FID of {n} samples against {n} test images (feature net {sha[:12]}).", order=51,
+        f"Domain FID of {n} samples against {len(real)} test images (feature net {sha[:12]}).",
+        order=51,
     )  # fmt: skip
     ctx.figure(
         "ddim_steps_samples", P.image_grid(np.concatenate(rows), nrow=len(rows[0])),
@@ -197,7 +199,8 @@ def ddim_steps_family(ctx: EvalContext) -> dict:
         f"One row per step count ({', '.join(map(str, steps))}, top to bottom), same x_T.",
         order=52,
     )  # fmt: skip
-    return {"ddim_steps": fids, "ddim_steps_info": {"n_samples": n, "feature_net_sha256": sha}}
+    info = {"n_samples": n, "n_real": len(real), "feature_net_sha256": sha}
+    return {"ddim_steps": fids, "ddim_steps_info": info}
 
 
 # --------------------------------------------------------------------------- memorisation
