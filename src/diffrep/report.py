@@ -4,10 +4,10 @@ The page embeds every picture as a base64 PNG data URI, has no scripts and no ex
 so it opens offline and can be mailed around. Its sections:
 
     header      method, dataset, capabilities, version (run.json, eval.json)
-    config      config.yaml as text
-    training    curves of every numeric column of metrics.jsonl against step
     metrics     eval.json flattened to dotted keys (probe.linear_acc, fid.domain, ...)
     figures     every PNG in RUN_DIR/figures, grouped by the "section" of its sidecar JSON
+    training    curves of every numeric column of metrics.jsonl against step
+    config      config.yaml as text (collapsed)
 
 Extension hook: the report contains no per-method code. An evaluation that wants a figure on
 the page calls `diffrep.eval.plots.save_figure(run_dir, name, png, title, section, caption,
@@ -132,7 +132,7 @@ margin-top:2rem}.meta{color:#666}pre{background:#f6f6f6;padding:.8rem;overflow:a
 font-size:.85rem}table{border-collapse:collapse;font-size:.9rem}td,th{padding:.2rem .8rem;
 border-bottom:1px solid #eee;text-align:left}td.num{text-align:right;font-variant-numeric:
 tabular-nums}figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top}
-figure img{max-width:100%;border:1px solid #eee;image-rendering:pixelated}
+figure img{max-width:100%;min-width:360px;border:1px solid #eee;image-rendering:pixelated}
 figcaption{font-size:.85rem;color:#555;max-width:520px}.err{color:#a00}
 """
 
@@ -172,17 +172,6 @@ def render_report(run_dir: str | Path) -> str:
         meta.append("can " + esc(", ".join(ev["capabilities"])))
     parts.append(f"<p class='meta'>{' &middot; '.join(meta)}</p>")
 
-    cfg = run_dir / "config.yaml"
-    parts.append("<h2>Config</h2>")
-    parts.append(f"<pre>{esc(cfg.read_text())}</pre>" if cfg.is_file() else "<p>no config.yaml</p>")
-
-    series = training_series(read_metrics(run_dir / "metrics.jsonl"))
-    parts.append("<h2>Training</h2>")
-    if series:
-        parts.append(_figure(plots.curves(series), "Training curves", "metrics.jsonl"))
-    else:
-        parts.append("<p>no metrics.jsonl rows</p>")
-
     parts.append("<h2>Metrics</h2>")
     if ev is None:
         parts.append(f"<p>not evaluated yet: run <code>diffrep eval {esc(str(run_dir))}</code></p>")
@@ -207,6 +196,23 @@ def render_report(run_dir: str | Path) -> str:
         )
     for section, figs in sections.items():
         parts.append(f"<h2>{esc(section)}</h2>" + "".join(figs))
+
+    series = training_series(read_metrics(run_dir / "metrics.jsonl"))
+    parts.append("<h2>Training</h2>")
+    if series:
+        parts.append(_figure(plots.curves(series), "Training curves", "metrics.jsonl"))
+    else:
+        parts.append("<p>no metrics.jsonl rows</p>")
+
+    cfg = run_dir / "config.yaml"
+    parts.append("<h2>Config</h2>")
+    if cfg.is_file():  # collapsed: the resolved config is long, and read less often than metrics
+        summary = "resolved config (config.yaml)"
+        parts.append(
+            f"<details><summary>{summary}</summary><pre>{esc(cfg.read_text())}</pre></details>"
+        )
+    else:
+        parts.append("<p>no config.yaml</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
