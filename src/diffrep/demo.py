@@ -20,16 +20,16 @@ def demo_config(prior: str, steps: int, device: str | None):
 
     raw = {
         "data": {"name": "digits"},
-        "method": {"name": "vae", "latent_dim": 16, "prior": prior},
+        "method": {"name": "vae", "latent_dim": 16, "width": 16, "prior": prior},
         "train": {"steps": steps, "log_every": 50, "ckpt_every": steps},
-        "eval": {"n_samples": 2000, "iw_samples": 64, "iw_max_examples": 359},
+        "eval": {"n_samples": 2000, "iw_samples": 16, "iw_max_examples": 200},
     }
     if device:
         raw["train"]["device"] = device
     return config_from_dict(raw)
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 2000, device: str | None = None) -> Path:
+def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | None = None) -> Path:
     from diffrep.eval import run_eval
     from diffrep.report import compare, write_comparison_report, write_report
     from diffrep.runs import train_from_config
