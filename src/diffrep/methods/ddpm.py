@@ -110,7 +110,7 @@ class DDPM(Method):
         **kw: Any,
     ) -> torch.Tensor:
         """n images in model space; sampler "ancestral" | "ddim" (eta=...) | "ode"."""
-        steps = steps or self.sample_steps
+        steps = self.sample_steps if steps is None else steps
         check_sampler(sampler, steps)
         if sampler != "ode":
             kw.setdefault("clip_x0", self.clip_x0)

@@ -100,7 +100,7 @@ class VDM(Method):
         **kw: Any,
     ) -> torch.Tensor:
         """n images in model space from z_1 ~ N(0, I): "ancestral" | "ddim" (eta=...) | "ode"."""
-        steps = steps or self.sample_steps
+        steps = self.sample_steps if steps is None else steps
         check_sampler(sampler, steps)
         x = S.sample(
             self.eps_model, self.schedule, (n, *self.data_shape), sampler=sampler, steps=steps,
