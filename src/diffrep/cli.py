@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--csv", help="also write the table as CSV to this file")
     c.add_argument("--format", choices=["markdown", "json"], default="markdown")
     c.add_argument("--plot", help="also write a bar chart of the headline metrics (PNG)")
+    c.add_argument("--all", action="store_true", help="every metric, not only the headline ones")
     c.add_argument("--html", help="also write a comparison page with each run's samples")
     c.add_argument(
         "--layout",
@@ -194,7 +195,8 @@ def cmd_compare(args) -> int:
         if args.html:
             _say(f"wrote {write_table1_report(args.run_dirs, args.html)}")
         return 0
-    print(compare(args.run_dirs, fmt=args.format, csv_path=args.csv, plot_path=args.plot))
+    text = compare(args.run_dirs, args.format, args.csv, args.plot, headline_only=not args.all)
+    print(text)
     if args.html:
         _say(f"wrote {write_comparison_report(args.run_dirs, args.html)}")
     return 0

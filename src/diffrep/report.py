@@ -276,8 +276,12 @@ def compare(
     fmt: str = "markdown",
     csv_path: str | Path | None = None,
     plot_path: str | Path | None = None,
+    headline_only: bool = False,
 ) -> str:
-    """The comparison table as markdown or JSON text; optionally also CSV and a bar-chart PNG."""
+    """The comparison table as markdown or JSON text; optionally also CSV and a bar-chart PNG.
+
+    headline_only: keep only the HEADLINE metrics in the text (CSV and JSON keep everything).
+    """
     if fmt not in ("markdown", "json"):
         raise UserError(f"--format {fmt!r}: choose markdown or json")
     cols, rows = compare_table(run_dirs)
@@ -299,6 +303,8 @@ def compare(
         Path(plot_path).write_bytes(grouped_bars(table, "diffrep compare"))
     if fmt == "json":
         return json.dumps(rows, indent=2)
+    if headline_only:
+        cols = [c for c in cols if c in ("run", "method") or c in HEADLINE]
     return markdown_table(cols, rows) + _fid_note(run_dirs)
 
 
