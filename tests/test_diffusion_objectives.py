@@ -231,3 +231,24 @@ def test_ddpm_eps_loss_weightings():
     a2 = torch.sigmoid(-sched.table(T)[1:])
     want = (D * a2 * s2 / (a2 * s2 + 1 - a2)).mean()
     assert abs(out["loss"].mean() / want - 1) < 0.03
+
+
+@pytest.mark.parametrize("gamma0", [-13.3, -8.0, -2.0, 3.0])
+def test_windowed_categorical_decoder_equals_the_full_256_bin_softmax(gamma0):
+    from diffrep.diffusion.objectives import categorical_decoder_nll
+    from diffrep.diffusion.process import alpha_sigma
+
+    g = torch.Generator().manual_seed(0)
+    x0 = (2 * torch.randint(0, 256, (4, 1, 6, 6), generator=g).double() + 1) / 256 - 1
+    gamma = torch.full((4,), gamma0, dtype=torch.float64)
+    a, s = alpha_sigma(gamma)
+    z0 = a.view(-1, 1, 1, 1) * x0 + s.view(-1, 1, 1, 1) * torch.randn(
+        x0.shape, generator=g, dtype=torch.float64
+    )
+    centres = (2 * torch.arange(256, dtype=torch.float64) + 1) / 256 - 1
+    logits = -0.5 * (z0[..., None] / a.view(-1, 1, 1, 1, 1) - centres) ** 2 * math.exp(-gamma0)
+    k = ((x0 + 1) * 128 - 0.5).round().long()
+    full = -(logits.gather(-1, k[..., None])[..., 0] - torch.logsumexp(logits, -1)).sum((1, 2, 3))
+    torch.testing.assert_close(
+        categorical_decoder_nll(x0, z0, gamma, None), full, rtol=1e-12, atol=1e-9
+    )
