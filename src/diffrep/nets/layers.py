@@ -61,6 +61,31 @@ class CondEmbedding(nn.Module):
         return self.mlp(c)
 
 
+def time_and_code_embedding(net: nn.Module, t: torch.Tensor, cond, x: torch.Tensor):
+    """The per-example embedding a denoiser conditions on: time, plus the code when it has one.
+
+    `net` has `time_embed`, `cond_dim`, `cond_embed` and `cond_mode` ("add": the code's
+    embedding is added to the time embedding; "film": concatenated, for per-block FiLM).
+    t is [B] or a scalar; cond [B, cond_dim] or None.
+    """
+    from diffrep.errors import UserError
+
+    t = t.to(x.dtype).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(x.shape[0])
+    emb = net.time_embed(t)
+    if net.cond_dim is None:
+        return emb
+    if cond is None or cond.shape[-1] != net.cond_dim:
+        got = None if cond is None else tuple(cond.shape)
+        raise UserError(
+            f"{type(net).__name__} was built with cond_dim={net.cond_dim} but got cond {got}; "
+            f"fix: pass a [B, {net.cond_dim}] code"
+        )
+    c = net.cond_embed(cond.to(x.dtype))
+    return emb + c if net.cond_mode == "add" else torch.cat([emb, c], dim=1)
+
+
 class FiLM(nn.Module):
     """Feature-wise linear modulation (Perez et al. 2018): h * (1 + scale(e)) + shift(e).
 

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffrep.errors import UserError
-from diffrep.nets.layers import CondEmbedding, FiLM, TimeEmbedding, zero_module
+from diffrep.nets.layers import (
+    CondEmbedding,
+    FiLM,
+    TimeEmbedding,
+    time_and_code_embedding,
+    zero_module,
+)
 
 
 class _MLPBlock(nn.Module):
@@ -77,19 +83,7 @@ class ResMLP(nn.Module):
                 f"ResMLP expects vectors [B, {self.dim}], got {tuple(x.shape)}; "
                 "fix: build ResMLP(dim) with the data's dimension"
             )
-        t = t.to(x.dtype).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(x.shape[0])
-        emb = self.time_embed(t)
-        if self.cond_dim is not None:
-            if cond is None or cond.shape[-1] != self.cond_dim:
-                raise UserError(
-                    f"ResMLP was built with cond_dim={self.cond_dim} but got cond "
-                    f"{None if cond is None else tuple(cond.shape)}; fix: pass a [B, "
-                    f"{self.cond_dim}] code"
-                )
-            c = self.cond_embed(cond.to(x.dtype))
-            emb = emb + c if self.cond_mode == "add" else torch.cat([emb, c], dim=1)
+        emb = time_and_code_embedding(self, t, cond, x)
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffrep.errors import UserError
-from diffrep.nets.layers import Attention, CondEmbedding, ResBlock, TimeEmbedding, group_norm
+from diffrep.nets.layers import (
+    Attention,
+    CondEmbedding,
+    ResBlock,
+    TimeEmbedding,
+    group_norm,
+    time_and_code_embedding,
+)
 
 
 def _can_downsample(h: int, w: int) -> bool:
@@ -168,17 +175,7 @@ class UNet(nn.Module):
                 f"UNet expects images [B, {self.in_channels}, H, W], got {tuple(x.shape)}; "
                 "fix: pass in_channels matching the data"
             )
-        t = t.to(x.dtype).reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t.to(x.dtype)
-        emb = self.time_embed(t)
-        if self.cond_dim is not None:
-            if cond is None or cond.shape[-1] != self.cond_dim:
-                raise UserError(
-                    f"UNet was built with cond_dim={self.cond_dim} but got cond "
-                    f"{None if cond is None else tuple(cond.shape)}; fix: pass a [B, "
-                    f"{self.cond_dim}] code"
-                )
-            c = self.cond_embed(cond.to(x.dtype))
-            emb = emb + c if self.cond_mode == "add" else torch.cat([emb, c], dim=1)
+        emb = time_and_code_embedding(self, t, cond, x)
         if self.fourier_freqs.numel():
             f = x[:, :, None] * self.fourier_freqs[None, None, :, None, None]  # [B, C, F, H, W]
             feats = torch.cat([torch.sin(f), torch.cos(f)], dim=2).flatten(1, 2)
