@@ -42,8 +42,46 @@ def check_sampler(sampler: str, steps: int) -> None:
         raise UserError(f"sampling needs steps >= 1, got {steps}; fix: e.g. steps=100")
 
 
+class PixelDiffusionSampling:
+    """sample() and invert() shared by the pixel-space diffusion methods (ddpm, vdm).
+
+    Needs `eps_model`, `schedule`, `sample_steps`, `data_shape`, `device` and `clip_x0`.
+    """
+
+    clip_x0: bool = False
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        sampler: str = "ancestral",
+        steps: int | None = None,
+        progress: Any = None,
+        **kw: Any,
+    ) -> torch.Tensor:
+        """n images in model space from x_T ~ N(0, I): "ancestral" | "ddim" (eta=...) | "ode"."""
+        steps = self.sample_steps if steps is None else steps
+        check_sampler(sampler, steps)
+        if sampler != "ode":
+            kw.setdefault("clip_x0", self.clip_x0)
+        x = S.sample(
+            self.eps_model, self.schedule, (n, *self.data_shape), sampler=sampler, steps=steps,
+            generator=generator, progress=progress, device=self.device, **kw,
+        )  # fmt: skip
+        return x.clamp(-1, 1)
+
+    @torch.no_grad()
+    def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Deterministic DDIM encoding x0 -> x_T [B, C, H, W] (Song et al. 2021a sec. 4.3)."""
+        steps = self.sample_steps if steps is None else steps
+        check_sampler("ddim", steps)
+        return S.ddim_invert(self.eps_model, self.schedule, x0, steps)
+
+
 @METHODS.register("ddpm")
-class DDPM(Method):
+class DDPM(PixelDiffusionSampling, Method):
     def __init__(
         self,
         data_shape: tuple[int, int, int],
@@ -97,30 +135,3 @@ class DDPM(Method):
         """-ELBO terms [B] in nats: recon (L_0), diffusion (sum of L_1..L_{T-1}), prior (L_T)."""
         exact = self.elbo_exact if exact is None else exact
         return O.ddpm_bound(self.eps_model, self.schedule, self.T, x0, exact=exact)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        sampler: str = "ancestral",
-        steps: int | None = None,
-        progress: Any = None,
-        **kw: Any,
-    ) -> torch.Tensor:
-        """n images in model space; sampler "ancestral" | "ddim" (eta=...) | "ode"."""
-        steps = self.sample_steps if steps is None else steps
-        check_sampler(sampler, steps)
-        if sampler != "ode":
-            kw.setdefault("clip_x0", self.clip_x0)
-        x = S.sample(
-            self.eps_model, self.schedule, (n, *self.data_shape), sampler=sampler, steps=steps,
-            generator=generator, progress=progress, device=self.device, **kw,
-        )  # fmt: skip
-        return x.clamp(-1, 1)
-
-    @torch.no_grad()
-    def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """Deterministic DDIM encoding x0 -> x_T [B, C, H, W] (Song et al. 2021a sec. 4.3)."""
-        return S.ddim_invert(self.eps_model, self.schedule, x0, steps or self.sample_steps)

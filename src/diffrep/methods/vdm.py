@@ -8,20 +8,19 @@ bound, so `loss()["loss"]` and `elbo()["total"]` are the same estimator (nats pe
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from diffrep.diffusion import objectives as O
-from diffrep.diffusion import samplers as S
 from diffrep.diffusion.schedules import build_schedule
 from diffrep.errors import UserError
 from diffrep.methods.base import METHODS, Batch, Method
-from diffrep.methods.ddpm import build_unet, check_sampler
+from diffrep.methods.ddpm import PixelDiffusionSampling, build_unet
 
 
 @METHODS.register("vdm")
-class VDM(Method):
+class VDM(PixelDiffusionSampling, Method):
     def __init__(
         self,
         data_shape: tuple[int, int, int],
@@ -87,28 +86,3 @@ class VDM(Method):
     def elbo(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
         """-ELBO terms [B] in nats (one t per example: an unbiased estimate of the bound)."""
         return self._terms(x0)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        sampler: str = "ancestral",
-        steps: int | None = None,
-        progress: Any = None,
-        **kw: Any,
-    ) -> torch.Tensor:
-        """n images in model space from z_1 ~ N(0, I): "ancestral" | "ddim" (eta=...) | "ode"."""
-        steps = self.sample_steps if steps is None else steps
-        check_sampler(sampler, steps)
-        x = S.sample(
-            self.eps_model, self.schedule, (n, *self.data_shape), sampler=sampler, steps=steps,
-            generator=generator, progress=progress, device=self.device, **kw,
-        )  # fmt: skip
-        return x.clamp(-1, 1)
-
-    @torch.no_grad()
-    def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
-        """Deterministic DDIM encoding x0 -> z_1 [B, C, H, W]."""
-        return S.ddim_invert(self.eps_model, self.schedule, x0, steps or self.sample_steps)
