@@ -137,6 +137,15 @@ figcaption{font-size:.85rem;color:#555;max-width:520px}.err{color:#a00}
 """
 
 
+def _page_head(title: str) -> str:
+    """Doctype, inline CSS and the <h1>: every page diffrep writes starts the same way."""
+    t = html.escape(title)
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{t}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{t}</h1>"
+    )
+
+
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -160,8 +169,7 @@ def render_report(run_dir: str | Path) -> str:
     ev = _read_json(run_dir / "eval.json")
     esc = html.escape
     title = f"diffrep report: {run_dir.name}"
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"]
-    parts.append(f"</title><style>{_CSS}</style></head><body><h1>{esc(title)}</h1>")
+    parts = [_page_head(title)]
     meta = [
         f"method <b>{esc(str(info.get('method', ev.get('method', '?') if ev else '?')))}</b>",
         f"dataset <b>{esc(str(info.get('dataset', ev.get('dataset', '?') if ev else '?')))}</b>",
@@ -332,8 +340,7 @@ def render_comparison(run_dirs, title: str = "diffrep comparison") -> str:
 
     esc = html.escape
     cols, rows = compare_table(run_dirs)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"]
-    parts.append(f"</title><style>{_CSS}</style></head><body><h1>{esc(title)}</h1>")
+    parts = [_page_head(title)]
     links = " &middot; ".join(
         f"<a href='{esc(Path(d).name)}/report.html'>{esc(str(r['run']))}</a>"
         for d, r in zip(run_dirs, rows)
@@ -459,8 +466,7 @@ def render_table1(run_dirs, title: str = "diffrep: priors x latent sizes (seed 0
 
     esc = html.escape
     priors, latents, cells = table1_cells(run_dirs)
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"]
-    parts.append(f"</title><style>{_CSS}</style></head><body><h1>{esc(title)}</h1>")
+    parts = [_page_head(title)]
     th = "".join(f"<th>Z = {z}</th>" for z in latents)
     rows = "".join(
         f"<tr><td>{esc(p)}</td>"

@@ -182,9 +182,24 @@ def _samples(ctx: EvalContext) -> np.ndarray:
     return ctx._features["samples"]
 
 
+def _feature_scores(ctx: EvalContext, features) -> tuple[dict, np.ndarray, np.ndarray]:
+    """FID/KID of the shared samples against real test images in a feature space.
+
+    `features(images_uint8) -> [N, F]`; returns (scores, samples, real images).
+    """
+    from diffrep.eval import fid
+
+    cfg = ctx.cfg
+    samples = _samples(ctx)
+    real = ctx.test.images[subset_indices(len(ctx.test), cfg.n_samples, cfg.seed)]
+    s = fid.scores(
+        features(real), features(samples), cfg.kid_subset_size, cfg.kid_subsets, cfg.seed
+    )
+    return s, samples, real
+
+
 @EVALS.register("fid")
 def _fid(ctx: EvalContext) -> dict:
-    from diffrep.eval import fid
     from diffrep.eval.fidnet import ensure_fidnet, fidnet_features, load_fidnet
 
     if not ctx.method.can("sample"):
@@ -194,15 +209,7 @@ def _fid(ctx: EvalContext) -> dict:
         ctx.full_train, cache_dir=cfg.fidnet_cache, epochs=cfg.fidnet_epochs, seed=cfg.seed
     )
     net, sha = load_fidnet(path)
-    samples = _samples(ctx)
-    real = ctx.test.images[subset_indices(len(ctx.test), cfg.n_samples, cfg.seed)]
-    s = fid.scores(
-        fidnet_features(net, real, cfg.batch_size),
-        fidnet_features(net, samples, cfg.batch_size),
-        cfg.kid_subset_size,
-        cfg.kid_subsets,
-        cfg.seed,
-    )
+    s, samples, real = _feature_scores(ctx, lambda x: fidnet_features(net, x, cfg.batch_size))
     common = {"feature_net_sha256": sha, "n_samples": len(samples), "n_real": len(real)}
     return {
         "fid": {"domain": s["fid"], **common},
@@ -212,22 +219,13 @@ def _fid(ctx: EvalContext) -> dict:
 
 @EVALS.register("inception")
 def _inception(ctx: EvalContext) -> dict:
-    from diffrep.eval import fid
     from diffrep.eval.inception import inception_features, load_inception
 
     if not ctx.method.can("sample"):
         return {}
     cfg = ctx.cfg
     net, sha = load_inception(cfg.inception_weights)
-    samples = _samples(ctx)
-    real = ctx.test.images[subset_indices(len(ctx.test), cfg.n_samples, cfg.seed)]
-    s = fid.scores(
-        inception_features(net, real, cfg.batch_size),
-        inception_features(net, samples, cfg.batch_size),
-        cfg.kid_subset_size,
-        cfg.kid_subsets,
-        cfg.seed,
-    )
+    s = _feature_scores(ctx, lambda x: inception_features(net, x, cfg.batch_size))[0]
     return {
         "fid": {"inception": s["fid"], "inception_sha256": sha},
         "kid": {"inception": s["kid"], "inception_std": s["kid_std"]},
