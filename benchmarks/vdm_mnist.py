@@ -6,10 +6,10 @@ MNIST test[:8000] for 20 minutes on 2 CPU cores.
     nice python benchmarks/vdm_mnist.py                 # 20 minutes, 2 threads, EMA weights
     python benchmarks/vdm_mnist.py --minutes 2 --eval-n 200 --set method.width=16
 
-The trainer (`diffrep.train.train`) counts steps; a time budget needs its own loop, so this
-script re-uses its parts (`TrainConfig` fields: lr, warmup, betas, weight_decay, grad_clip, ema;
-`EMA`) in a loop that stops at the deadline. With lr_schedule=cosine the decay runs over the
-*time* budget. BPD is the full -ELBO (recon + prior + diffusion, VDM eq. 11 with eq. 17) of the
+Training is `diffrep train` with `train.max_minutes` (the same as
+`diffrep train configs/vdm-mnist.yaml --set train.max_minutes=20 --set train.steps=100000000`):
+the trainer stops at the deadline and its cosine decay runs over the *time* budget. The run
+directory (under --out) works with `diffrep eval/sample/report` afterwards. BPD is the full -ELBO (recon + prior + diffusion, VDM eq. 11 with eq. 17) of the
 EMA weights, `--eval-reps` independent (t, eps) draws per test image, accumulated in float64.
 Prints a loss table and sparkline, writes a PNG of samples and the loss curve, and ends with one
 JSON line.
@@ -18,7 +18,6 @@ JSON line.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -36,8 +35,7 @@ import torch  # noqa: E402
 
 from diffrep.config import load_config  # noqa: E402
 from diffrep.data import bits_per_dim, load_dataset, to_model_input  # noqa: E402
-from diffrep.methods import build_method  # noqa: E402
-from diffrep.train import EMA  # noqa: E402
+from diffrep.runs import load_run, train_from_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPARK = "▁▂▃▄▅▆▇█"
@@ -47,16 +45,6 @@ def sparkline(values: list[float]) -> str:
     lo, hi = min(values), max(values)
     span = (hi - lo) or 1.0
     return "".join(SPARK[min(int((v - lo) / span * len(SPARK)), len(SPARK) - 1)] for v in values)
-
-
-def lr_at(elapsed: float, budget: float, step: int, tc) -> float:
-    """Warm-up in steps, then constant or cosine over the wall-clock budget."""
-    if tc.warmup > 0 and step < tc.warmup:
-        return tc.lr * (step + 1) / tc.warmup
-    if tc.lr_schedule == "constant":
-        return tc.lr
-    progress = min(elapsed / budget, 1.0)
-    return tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @torch.no_grad()
@@ -77,98 +65,80 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "vdm-mnist.yaml"))
     ap.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall-clock budget")
+    ap.add_argument(
+        "--steps", type=int, default=0, help="a step budget instead of --minutes (0: time)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-n", type=int, default=0, help="test images to evaluate (0: all)")
     ap.add_argument("--eval-reps", type=int, default=4, help="(t, eps) draws per test image")
     ap.add_argument("--samples", type=int, default=36)
     ap.add_argument("--sample-steps", type=int, default=200)
-    ap.add_argument("--out", default="/tmp/vdm_mnist", help="directory for the PNG")
+    ap.add_argument("--out", default="/tmp/vdm_mnist", help="directory for the run and the PNG")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.set)
+    budget = [f"train.steps={args.steps}", "train.max_minutes=0"] if args.steps else [
+        "train.steps=100000000", f"train.max_minutes={args.minutes}"
+    ]  # fmt: skip
+    cfg = load_config(args.config, [*args.set, *budget])
     tc = cfg.train
-    train = load_dataset(cfg.data.name, cfg.data.train_split, cfg.data.root, **cfg.data.options)
     test = load_dataset(cfg.data.name, cfg.data.eval_split, cfg.data.root, **cfg.data.options)
-    x_train = to_model_input(train.images)  # [N, 1, 28, 28]
-    x_test = to_model_input(test.images)
+    x_test = to_model_input(test.images)  # [N, 1, 28, 28] in [-1, 1]
     if args.eval_n:
         x_test = x_test[: args.eval_n]
-
-    torch.manual_seed(tc.seed)
-    method = build_method(cfg.method_name, train.shape, **cfg.method_args)
-    params = [p for p in method.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in method.net.parameters())
-    opt = torch.optim.AdamW(
-        params, lr=tc.lr, betas=tuple(tc.betas), eps=tc.adam_eps, weight_decay=tc.weight_decay
-    )
-    ema = EMA(method, tc.ema) if tc.ema > 0 else None
+    run_dir = Path(args.out) / time.strftime("run-%Y%m%d-%H%M%S")
     print(
-        f"{cfg.method_name} {cfg.method_args} | {n_params:,} net params | train {len(x_train)} "
-        f"{cfg.data.train_split}, eval {len(x_test)} {cfg.data.eval_split} | "
-        f"{args.minutes:g} min on {args.threads} threads | batch {tc.batch_size}, lr {tc.lr}",
+        f"{cfg.method_name} {cfg.method_args} | eval {len(x_test)} {cfg.data.eval_split} | "
+        f"{f'{args.steps} steps' if args.steps else f'{args.minutes:g} min'} on {args.threads} "
+        f"threads | batch {tc.batch_size}, lr {tc.lr} -> {run_dir}",
         flush=True,
     )
 
-    budget = 60.0 * args.minutes
-    gen = torch.Generator().manual_seed(tc.seed)
-    perm, pos = torch.randperm(len(x_train), generator=gen), 0
-    log: list[tuple[int, float, float]] = []  # (step, seconds, mean train bpd over the window)
-    window, step, start = [], 0, time.perf_counter()
-    method.train()
-    while (elapsed := time.perf_counter() - start) < budget:
-        if pos + tc.batch_size > len(perm):
-            perm, pos = torch.randperm(len(x_train), generator=gen), 0
-        x0 = x_train[perm[pos : pos + tc.batch_size]]
-        pos += tc.batch_size
-        for g in opt.param_groups:
-            g["lr"] = lr_at(elapsed, budget, step, tc)
-        loss = method.loss({"x0": x0})["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-        opt.step()
-        if ema is not None:
-            ema.update(method)
-        step += 1
-        window.append(float(bits_per_dim(loss.item(), method.dim)))
-        if step % tc.log_every == 0:
-            log.append((step, time.perf_counter() - start, float(np.mean(window))))
-            window = []
-            print(f"step {step:6d}  {log[-1][1]:7.0f}s  train bpd {log[-1][2]:.3f}", flush=True)
-    train_s = time.perf_counter() - start
-    if window:
-        log.append((step, train_s, float(np.mean(window))))
+    # The trainer does the work (time budget: train.max_minutes, the cosine over the time);
+    # this script only prints a line per log window and evaluates afterwards.
+    window: list[float] = []
+    dim = math.prod(test.shape)
 
-    model = method
-    if ema is not None:
-        model = copy.deepcopy(method)
-        model.load_state_dict(ema.state)
-    model.eval()
+    def show(step: int, info: dict) -> None:
+        window.append(info["loss"])
+        if step % tc.log_every == 0:
+            bpd = bits_per_dim(float(np.mean(window)), dim)
+            print(f"step {step:6d}  lr {info['lr']:.2e}  train bpd {bpd:.3f}", flush=True)
+            window.clear()
+
+    summary = train_from_config(cfg, run_dir, log=print, progress=False, callback=show)
+    step, train_s = summary["step"], summary["train_time_s"]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    log = [(r["step"], bits_per_dim(r["loss"], dim)) for r in rows if "loss" in r]
+
+    model, _ = load_run(run_dir, ema=tc.ema > 0)
+    n_params = sum(p.numel() for p in model.net.parameters())
     t0 = time.perf_counter()
     terms = evaluate_bpd(model, x_test, args.eval_reps, batch=250)
     eval_s = time.perf_counter() - t0
+    raw_bpd = None
+    if tc.ema > 0:  # the raw weights too, for comparison (the result is the EMA's)
+        raw, _ = load_run(run_dir, ema=False)
+        raw_bpd = evaluate_bpd(raw, x_test, args.eval_reps, batch=250)["total"]
     g0, g1 = (float(v.detach()) for v in model.schedule.endpoints())
 
-    print("\n  step   seconds  train bpd (window mean)")
+    print(f"\n  step  train bpd (window mean; {train_s:.0f} s of training, {step} steps)")
     stride = max(1, len(log) // 20)
-    for s, sec, b in log[::stride] + ([log[-1]] if (len(log) - 1) % stride else []):
-        print(f"{s:6d}  {sec:8.0f}  {b:8.3f}")
-    curve = [b for _, _, b in log]
+    for s, b in log[::stride] + ([log[-1]] if (len(log) - 1) % stride else []):
+        print(f"{s:6d}  {b:8.3f}")
+    curve = [b for _, b in log]
     print(
         f"train bpd {curve[0]:.2f} {sparkline([min(b, curve[0]) for b in curve])} {curve[-1]:.3f}"
     )
     print(
         f"\nBPD on {cfg.data.eval_split} ({len(x_test)} images x {args.eval_reps} draws, "
-        f"{'EMA' if ema else 'raw'} weights): {terms['total']:.4f}  "
+        f"{'EMA' if tc.ema > 0 else 'raw'} weights): {terms['total']:.4f}  "
         f"(recon {terms['recon']:.4f}, prior {terms['prior']:.4f}, "
         f"diffusion {terms['diffusion']:.4f}); gamma(0) {g0:.2f}, gamma(1) {g1:.2f}"
+        + ("" if raw_bpd is None else f"; raw (non-EMA) weights {raw_bpd:.4f}")
     )
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / "vdm_mnist.png"
+    png = run_dir / "vdm_mnist.png"
     t0 = time.perf_counter()
     samples = model.sample(args.samples, torch.Generator().manual_seed(0), steps=args.sample_steps)
     sample_s = time.perf_counter() - t0
@@ -182,6 +152,7 @@ def main() -> None:
                 "terms_bpd": {k: round(v, 4) for k, v in terms.items()},
                 "target_bpd": 1.20,
                 "met": terms["total"] <= 1.20,
+                "raw_weights_bpd": None if raw_bpd is None else round(raw_bpd, 4),
                 "steps": step,
                 "train_s": round(train_s, 1),
                 "eval_s": round(eval_s, 1),
@@ -193,7 +164,11 @@ def main() -> None:
                 "eval_images": len(x_test),
                 "eval_reps": args.eval_reps,
                 "method": cfg.method,
-                "train": {k: getattr(tc, k) for k in ("batch_size", "lr", "lr_schedule", "ema")},
+                "train": {
+                    k: getattr(tc, k)
+                    for k in ("batch_size", "lr", "min_lr", "lr_schedule", "ema", "grad_clip")
+                },
+                "run_dir": str(run_dir),
                 "png": str(png),
             }
         )
@@ -218,10 +193,10 @@ def _plot(samples: torch.Tensor, log, bpd: float, path: Path) -> None:
     a1.imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
     a1.set_title(f"VDM samples (test BPD {bpd:.3f})")
     a1.axis("off")
-    a2.plot([s for s, _, _ in log], [b for _, _, b in log])
+    a2.plot([s for s, _ in log], [b for _, b in log])
     a2.set_xlabel("step")
     a2.set_ylabel("train bits/dim (window mean)")
-    a2.set_ylim(top=min(max(b for _, _, b in log), 4.0))
+    a2.set_ylim(top=min(max(b for _, b in log), 4.0))
     a2.axhline(1.20, ls="--", c="gray", lw=1)
     a2.grid(alpha=0.3)
     fig.tight_layout()

@@ -261,10 +261,63 @@ def test_lr_schedule():
     assert lr_at(50, replace(cfg, lr_schedule="constant")) == 1.0
 
 
+def test_lr_schedule_follows_the_time_budget_when_it_is_further_along():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup=10, lr_schedule="cosine", min_lr=0.1)
+    half = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))
+    assert lr_at(20, cfg, time_frac=0.5) == pytest.approx(half)  # time leads
+    assert lr_at(55, cfg, time_frac=0.1) == pytest.approx(half)  # steps lead
+    assert lr_at(20, cfg, time_frac=1.7) == pytest.approx(0.1)  # clamped at the end
+    assert lr_at(5, cfg, time_frac=0.9) == pytest.approx(0.6)  # warm-up is counted in steps
+
+
+class _Clock:
+    """A fake `time` module for the trainer: the loss advances it, so 'minutes' are exact."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_time_budget_stops_decays_lr_and_resumes_with_the_time_spent(tmp_path, digits, monkeypatch):
+    import diffrep.train as train_mod
+
+    clock = _Clock()
+    monkeypatch.setattr(train_mod, "time", clock)
+
+    class Slow(Tiny):
+        def loss(self, batch):
+            clock.now += 6.0  # each step takes 6 "seconds"
+            return super().loss(batch)
+
+    cfg = _cfg(steps=1000, max_minutes=1.0, lr_schedule="cosine", warmup=0, log_every=1, lr=1.0)
+    out = train(Slow((1, 8, 8)), digits, tmp_path / "r", cfg)
+    # the budget (60 s) is spent after 10 steps of 6 s; the step budget (1000) is not
+    assert (out["step"], out["out_of_time"], out["interrupted"]) == (10, True, False)
+    assert out["train_time_s"] == pytest.approx(60.0)
+    lrs = [r["lr"] for r in _metrics(tmp_path / "r")]
+    # step k runs with the time fraction after step k - 1: 6k / 60
+    assert lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)])
+    assert checkpoint_step(tmp_path / "r" / "checkpoint") == 10
+
+    # resuming counts the 60 s already spent: a 2-minute budget allows 10 more steps
+    clock.now = 1000.0
+    with pytest.warns(UserWarning, match="max_minutes"):  # the lr trajectory changes
+        more = train(
+            Slow((1, 8, 8)), digits, tmp_path / "r", replace(cfg, max_minutes=2.0), resume=True
+        )
+    assert (more["step"], more["out_of_time"]) == (20, True)
+    assert _metrics(tmp_path / "r")[10]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+    with pytest.raises(UserError, match="already trained 2.0 minutes.*raise train.max_minutes"):
+        train(Slow((1, 8, 8)), digits, tmp_path / "r", replace(cfg, max_minutes=2.0), resume=True)
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
         ({"steps": 0}, "steps must be >= 1"),
+        ({"max_minutes": -1.0}, "max_minutes must be >= 0"),
         ({"lr": -1.0}, "lr must be a positive"),
         ({"ema": 1.0}, "ema must be in"),
         ({"betas": (0.9, 1.5)}, "betas"),

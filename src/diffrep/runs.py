@@ -75,8 +75,13 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu"):
     return method, cfg
 
 
-def train_from_config(cfg, out: str | Path, resume: bool = False, log=print) -> dict:
-    """Load the data, build the method, write the run info and train: `diffrep train`'s body."""
+def train_from_config(
+    cfg, out: str | Path, resume: bool = False, log=print, **train_kwargs
+) -> dict:
+    """Load the data, build the method, write the run info and train: `diffrep train`'s body.
+
+    `train_kwargs` go to `diffrep.train.train` (progress, callback, eval_hook).
+    """
     from diffrep.data import load_dataset
     from diffrep.methods import build_method
     from diffrep.train import seed_everything, train
@@ -100,4 +105,4 @@ def train_from_config(cfg, out: str | Path, resume: bool = False, log=print) -> 
             f"training {cfg.method_name} ({n_params / 1e6:.2f}M parameters) on {d.name} "
             f"{d.train_split} ({len(data)} images {tuple(data.shape)}) -> {out}"
         )
-    return train(method, data, out, cfg.train, resume=resume)
+    return train(method, data, out, cfg.train, resume=resume, **train_kwargs)

@@ -70,6 +70,10 @@ class TrainConfig:
     """The `train:` section of a config. Defaults suit a few-minute CPU run on small images."""
 
     steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
+    # Wall-clock budget in minutes (0: none): training ends after `steps` or once this much
+    # training time is spent, whichever comes first, and the cosine decay runs over whichever
+    # budget is further along, so the learning rate reaches min_lr when the time runs out.
+    max_minutes: float = 0.0
     batch_size: int = 64  # global batch (split across processes under torchrun)
     lr: float = 1e-3  # peak learning rate
     lr_schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
@@ -96,6 +100,10 @@ class TrainConfig:
                 raise ValueError(msg)
 
         need(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        need(
+            math.isfinite(self.max_minutes) and self.max_minutes >= 0,
+            f"max_minutes must be >= 0 (0: no time budget), got {self.max_minutes}",
+        )
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}")
         need(0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
@@ -152,14 +160,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant/cosine."""
+def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then constant/cosine.
+
+    `time_frac`: the fraction of `max_minutes` already spent; the cosine follows whichever of
+    the step and time budgets is further along.
+    """
     if cfg.warmup > 0 and step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     if cfg.lr_schedule == "constant":
         return cfg.lr
     span = max(cfg.steps - cfg.warmup, 1)
-    progress = min(max(step - cfg.warmup, 0) / span, 1.0)
+    progress = min(max(max(step - cfg.warmup, 0) / span, time_frac), 1.0)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -353,6 +365,7 @@ _TRAJECTORY_KEYS = (
     "lr",
     "lr_schedule",
     "min_lr",
+    "max_minutes",
     "warmup",
     "weight_decay",
     "betas",
@@ -391,7 +404,9 @@ def train(
         callback: `callback(step, {"loss": ..., "lr": ...})` after every step (all ranks).
 
     Returns {"step", "loss", <mean loss terms of the last log window>, "grad_norm", "lr",
-    "steps_per_s", "time_s", "interrupted" (a signal stopped the run), "eval" (last, if any)}.
+    "steps_per_s", "time_s", "interrupted" (a signal stopped the run), "out_of_time" (the
+    `max_minutes` budget ended it), "train_time_s" (including earlier calls when resumed),
+    "eval" (last, if any)}.
     SIGTERM/SIGINT finish the current step, write a checkpoint and return (interrupted=True).
     A non-finite loss or gradient raises UserError naming the step; the checkpoint on disk is
     left as it was (the last good one).
@@ -433,6 +448,7 @@ def train(
         stream = _BatchStream(len(data), seed=cfg.seed ^ 0x5DEECE66D)  # differs from torch's seed
         seed_everything(cfg.seed + rank)  # the loss's noise differs across ranks
         step = 0
+        time_before = 0.0  # training seconds spent by earlier calls (a resumed run)
         last_eval: dict | None = None
         if resume:
             ckpt = load_checkpoint(ckpt_dir, method, opt)
@@ -442,6 +458,7 @@ def train(
                 ema.state = ckpt["ema_state"]
                 ema.num_updates = int(extra.get("ema_num_updates", step))
             stream.load_state_dict(extra["data"])
+            time_before = float(extra.get("train_time_s", 0.0))
             rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
             if len(rngs) == info.world_size:
                 restore_rng_state(rngs[rank])
@@ -459,6 +476,12 @@ def train(
                     "differs from an uninterrupted run",
                     stacklevel=2,
                 )
+        if cfg.max_minutes and time_before >= 60.0 * cfg.max_minutes:
+            raise UserError(
+                f"{out_dir} has already trained {time_before / 60:.1f} minutes, the whole "
+                f"train.max_minutes={cfg.max_minutes:g} budget; fix: raise train.max_minutes "
+                "(or set it to 0) to train further"
+            )
         logger = _Logger(out_dir, info.is_main, step if resume else None, cfg.tensorboard)
         model = dist_utils.wrap(method, info, device, cfg.find_unused_parameters)
         local_bs = cfg.batch_size // info.world_size
@@ -472,6 +495,7 @@ def train(
                     "ema_num_updates": ema.num_updates if ema is not None else 0,
                     "train_config": _jsonable(asdict(cfg)),
                     "world_size": info.world_size,
+                    "train_time_s": train_time,
                 }
                 save_checkpoint(
                     ckpt_dir, method, ema.state if ema else None, opt, at, extra, rng_state=rng
@@ -507,12 +531,16 @@ def train(
         t_window, t_start, start_step = time.perf_counter(), time.perf_counter(), step
         summary: dict[str, Any] = {}
         interrupted = False
+        budget_s = 60.0 * cfg.max_minutes
+        # Training seconds so far, averaged over ranks in the per-step collective so every rank
+        # sees the same value: the learning rate and the time-budget stop must agree across ranks.
+        train_time = time_before
         autocast = torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
         )
         with _StopSignals() as stop:
             while step < cfg.steps:
-                lr = lr_at(step, cfg)
+                lr = lr_at(step, cfg, train_time / budget_s if budget_s else 0.0)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 idx = stream.next(cfg.batch_size)[rank * local_bs : (rank + 1) * local_bs].numpy()
@@ -527,14 +555,17 @@ def train(
                 max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 gnorm = torch.nn.utils.clip_grad_norm_(method.parameters(), max_norm)
                 # One collective per step: the mean loss, the grad norm (equal on all ranks after
-                # DDP's all-reduce) and the stop flag, so every rank stops at the same step.
+                # DDP's all-reduce), the stop flag and the training time, so every rank takes
+                # the same learning rate and stops at the same step.
                 flag = 1.0 if stop.requested else 0.0
-                sync = torch.stack(
-                    [loss.detach(), gnorm.detach().float(), torch.tensor(flag, device=device)]
+                now_s = time_before + time.perf_counter() - t_start
+                sync = torch.tensor(
+                    [loss.item(), gnorm.item(), flag, now_s], dtype=torch.float64, device=device
                 )
                 sync = dist_utils.all_reduce_sum(sync, info).cpu()
                 loss_val = sync[0].item() / info.world_size
                 gnorm_val = sync[1].item() / info.world_size
+                train_time = sync[3].item() / info.world_size
                 if not math.isfinite(loss_val) or not math.isfinite(gnorm_val):
                     what = "loss" if not math.isfinite(loss_val) else "gradient norm"
                     raise UserError(
@@ -560,7 +591,8 @@ def train(
                 if callback is not None:
                     callback(step, {"loss": loss_val, "lr": lr, "grad_norm": gnorm_val})
                 stopping = sync[2].item() > 0
-                last = step == cfg.steps or stopping
+                out_of_time = budget_s > 0 and train_time >= budget_s
+                last = step == cfg.steps or stopping or out_of_time
                 if step % cfg.log_every == 0 or last:
                     keys = sorted(window)
                     vals = torch.stack([window[k] for k in keys]) / window_n
@@ -584,12 +616,16 @@ def train(
                 if stopping:
                     interrupted = True
                     break
+                if out_of_time:
+                    break
         bar.close()
         elapsed = time.perf_counter() - t_start
         summary = dict(summary) if summary else {"step": step}
         summary.update(
             step=step,
             interrupted=interrupted,
+            out_of_time=budget_s > 0 and train_time >= budget_s and not interrupted,
+            train_time_s=train_time,
             time_s=elapsed,
             steps_per_s=(step - start_step) / max(elapsed, 1e-9) if step > start_step else 0.0,
         )
