@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ import diffrep.checkpoint as ck
 from diffrep.checkpoint import (
     atomic_write_bytes,
     capture_rng_state,
+    checkpoint_step,
+    has_checkpoint,
     load_checkpoint,
     load_weights,
     restore_rng_state,
@@ -193,3 +196,40 @@ def test_wrong_architecture_names_keys_and_shapes(tmp_path):
         load_weights(d, other)
     with pytest.raises(UserError, match="no checkpoint directory"):
         load_weights(tmp_path / "nope", Net())
+
+
+@pytest.mark.parametrize("crash_at", ["write", "swap"])
+def test_a_crash_during_a_save_leaves_a_complete_checkpoint(tmp_path, monkeypatch, crash_at):
+    """A save that dies writing the new files keeps the old checkpoint; one that dies between
+    the two renames leaves the old and the new complete, and readers take the new one."""
+    d, net, opt, ema = _save(tmp_path)  # step 3
+    real_write, real_rename = ck.atomic_write_bytes, os.rename
+    if crash_at == "write":
+
+        def write(path, data):
+            if Path(path).name == "state.pt":
+                raise OSError("disk full")
+            real_write(path, data)
+
+        monkeypatch.setattr(ck, "atomic_write_bytes", write)
+    else:
+
+        def rename(src, dst):
+            if Path(src).name == "ckpt.new":
+                raise OSError("power cut")
+            real_rename(src, dst)
+
+        monkeypatch.setattr(ck.os, "rename", rename)
+    with pytest.raises(OSError):
+        save_checkpoint(d, net, ema, opt, 7)
+    monkeypatch.undo()
+    expect = 3 if crash_at == "write" else 7
+    assert not d.exists() if crash_at == "swap" else d.exists()
+    assert has_checkpoint(d) and checkpoint_step(d) == expect
+    fresh, _ = _trained(seed=1)
+    assert load_checkpoint(d, fresh)["step"] == expect
+    load_weights(d, fresh)
+    # the next save puts things in order: one directory, no leftovers
+    save_checkpoint(d, net, ema, opt, 9)
+    assert checkpoint_step(d) == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -9,11 +9,15 @@ A checkpoint directory (RUN_DIR/checkpoint/) holds
                         containers only, so `torch.load(weights_only=True)` reads it
     manifest.json       step, size and sha256 of the three files above; written last
 
-Every file is written atomically (temp file in the same directory, flush, fsync, os.replace,
-fsync of the directory), so a crash never leaves a half-written file under a real name. The
-manifest is the commit marker: a reader checks each file's size and hash against it, which turns
-truncation, bit rot and a mix of files from different steps into one clear `UserError` (torch's
-zip reader alone silently loads a `state.pt` with garbage in its tensor data).
+The set is replaced as a whole: a save writes every file (each fsynced, the manifest last) into
+a sibling `checkpoint.new/`, then renames the old directory to `checkpoint.old/`, the new one to
+`checkpoint/`, and deletes the old one. A crash at any point leaves a complete checkpoint: the
+previous one (in `checkpoint/`, or in `checkpoint.old/` when it came between the two renames,
+next to a complete `checkpoint.new/`, which the readers then take, as the newer). The next save
+tidies up. The manifest is the commit marker: a reader checks each file's size and hash
+against it, which turns truncation, bit rot and a mix of files from different steps into one
+clear `UserError` (torch's zip reader alone silently loads a `state.pt` with garbage in its
+tensor data).
 
 Usage (the trainer does this; eval/sample code only needs `load_weights`):
 
@@ -138,6 +142,33 @@ def _safetensors_bytes(sd: dict[str, torch.Tensor], step: int, kind: str) -> byt
     return save(_tensor_dict(sd), metadata={"format": "pt", "step": str(step), "kind": kind})
 
 
+def _sibling(ckpt_dir: Path, tag: str) -> Path:
+    return ckpt_dir.with_name(f"{ckpt_dir.name}.{tag}")
+
+
+def _resolve(ckpt_dir: str | Path) -> Path:
+    """The directory holding the newest complete checkpoint: `ckpt_dir`, or after a crash
+    between the two renames of a save, its complete `.new` (else `.old`) sibling."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.exists():
+        return ckpt_dir
+    for tag in ("new", "old"):
+        if (_sibling(ckpt_dir, tag) / MANIFEST_FILE).is_file():
+            return _sibling(ckpt_dir, tag)
+    return ckpt_dir
+
+
+def _finish_interrupted_save(ckpt_dir: Path) -> None:
+    """Put the newest complete checkpoint back under its name and remove the leftovers."""
+    import shutil
+
+    found = _resolve(ckpt_dir)
+    if found != ckpt_dir:
+        os.rename(found, ckpt_dir)
+    for tag in ("new", "old"):
+        shutil.rmtree(_sibling(ckpt_dir, tag), ignore_errors=True)
+
+
 def save_checkpoint(
     ckpt_dir: str | Path,
     method: nn.Module,
@@ -155,8 +186,12 @@ def save_checkpoint(
     this process's states (`capture_rng_state()`); the trainer passes one per rank under DDP.
     `extra_state` must hold only tensors, numbers, strings and containers (weights_only).
     """
+    import shutil
+
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    _finish_interrupted_save(ckpt_dir)
+    new, old = _sibling(ckpt_dir, "new"), _sibling(ckpt_dir, "old")
     model_sd = method.state_dict()
     blobs = {
         MODEL_FILE: _safetensors_bytes(model_sd, step, "model"),
@@ -172,8 +207,9 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save(state, buf)
     blobs[STATE_FILE] = buf.getvalue()
+    new.mkdir()
     for name, data in blobs.items():
-        atomic_write_bytes(ckpt_dir / name, data)
+        atomic_write_bytes(new / name, data)
     manifest = {
         "format_version": FORMAT_VERSION,
         "step": int(step),
@@ -182,7 +218,13 @@ def save_checkpoint(
             for name, data in blobs.items()
         },
     }
-    atomic_write_bytes(ckpt_dir / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write_bytes(new / MANIFEST_FILE, (json.dumps(manifest, indent=1) + "\n").encode())
+    # The swap: between these two renames only the siblings exist, both complete (_resolve).
+    if ckpt_dir.exists():
+        os.rename(ckpt_dir, old)
+    os.rename(new, ckpt_dir)
+    _fsync_dir(ckpt_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return ckpt_dir
 
 
@@ -190,7 +232,7 @@ def save_checkpoint(
 
 
 def has_checkpoint(ckpt_dir: str | Path) -> bool:
-    return (Path(ckpt_dir) / MANIFEST_FILE).is_file()
+    return (_resolve(ckpt_dir) / MANIFEST_FILE).is_file()
 
 
 def _read_manifest(ckpt_dir: Path) -> dict[str, Any]:
@@ -281,7 +323,7 @@ def _check_and_load_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], p
 
 def load_state(ckpt_dir: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The verified contents of state.pt: {"step", "optimizer", "rng", "extra", ...}."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = _resolve(ckpt_dir)
     manifest = manifest if manifest is not None else _read_manifest(ckpt_dir)
     data = _read_verified(ckpt_dir, STATE_FILE, manifest)
     path = ckpt_dir / STATE_FILE
@@ -311,7 +353,7 @@ def load_checkpoint(
     "extra": dict}. Every failure (missing, truncated, corrupt, wrong keys or shapes) is a
     `UserError` naming the file. Nothing is modified unless every file verifies.
     """
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = _resolve(ckpt_dir)
     manifest = _read_manifest(ckpt_dir)
     state = load_state(ckpt_dir, manifest)
     model_sd = _load_tensors(ckpt_dir, MODEL_FILE, manifest)
@@ -352,7 +394,7 @@ def load_weights(ckpt_dir: str | Path, method: nn.Module, ema: bool = True) -> n
     For evaluation and sampling: `method = build_method(...); load_weights(run/"checkpoint",
     method)`. Files are verified against the manifest, so corruption is a `UserError`.
     """
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = _resolve(ckpt_dir)
     manifest = _read_manifest(ckpt_dir)
     name = EMA_FILE if ema else MODEL_FILE
     sd = _load_tensors(ckpt_dir, name, manifest)
@@ -362,4 +404,4 @@ def load_weights(ckpt_dir: str | Path, method: nn.Module, ema: bool = True) -> n
 
 def checkpoint_step(ckpt_dir: str | Path) -> int:
     """The step a checkpoint was written at (from its manifest)."""
-    return int(_read_manifest(Path(ckpt_dir))["step"])
+    return int(_read_manifest(_resolve(ckpt_dir))["step"])

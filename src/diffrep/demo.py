@@ -39,6 +39,7 @@ def demo_config(prior: str, steps: int, device: str | None):
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | None = None) -> Path:
+    from diffrep.checkpoint import has_checkpoint
     from diffrep.eval import run_eval
     from diffrep.report import compare, write_comparison_report, write_report
     from diffrep.runs import train_from_config
@@ -51,7 +52,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | Non
         say(f"[{i}/{len(PRIORS)}] VAE with a {prior} prior -> {run_dir}")
         cfg = demo_config(prior, steps, device)
         if not (run_dir / "checkpoint" / "manifest.json").is_file():
-            train_from_config(cfg, run_dir, resume=(run_dir / "checkpoint").is_dir(), log=say)
+            train_from_config(cfg, run_dir, resume=has_checkpoint(run_dir / "checkpoint"), log=say)
         if not (run_dir / "eval.json").is_file():
             run_eval(run_dir, device=cfg.train.device if cfg.train.device != "auto" else "cpu")
         write_report(run_dir)

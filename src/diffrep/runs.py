@@ -82,12 +82,13 @@ def train_from_config(
 
     `train_kwargs` go to `diffrep.train.train` (progress, callback, eval_hook).
     """
+    from diffrep.checkpoint import has_checkpoint
     from diffrep.data import load_dataset
     from diffrep.methods import build_method
     from diffrep.train import seed_everything, train
 
     out = Path(out)
-    has_ckpt = (out / "checkpoint").is_dir()
+    has_ckpt = has_checkpoint(out / "checkpoint")
     if resume and not has_ckpt:
         raise UserError(f"--resume: {out} has no checkpoint/ to continue from; drop --resume")
     if not resume and has_ckpt:
