@@ -71,9 +71,11 @@ def time_and_code_embedding(net: nn.Module, t: torch.Tensor, cond, x: torch.Tens
     from diffrep.errors import UserError
 
     t = t.to(x.dtype).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(x.shape[0])
-    emb = net.time_embed(t)
+    B = x.shape[0]
+    # One time for the whole batch (every sampler step, each term of a prior's T-step bound):
+    # embed it once and expand; FiLM sees the stride-0 batch and projects one row too.
+    shared = t.numel() == 1 or (t.device.type == "cpu" and B > 1 and bool((t == t[0]).all()))
+    emb = net.time_embed(t[:1]).expand(B, -1) if shared else net.time_embed(t)
     if net.cond_dim is None:
         return emb
     if cond is None or cond.shape[-1] != net.cond_dim:
@@ -100,7 +102,10 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
+        if e.shape[0] > 1 and e.stride(0) == 0:  # one embedding shared by the batch
+            scale, shift = self.proj(e[:1]).expand(e.shape[0], -1).chunk(2, dim=1)
+        else:
+            scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
         extra = (1,) * (h.dim() - 2)
         return h * (1 + scale.view(*scale.shape, *extra)) + shift.view(*shift.shape, *extra)
 
