@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from diffrep.cli import main
 
@@ -94,6 +95,35 @@ def test_eval_sample_and_corrupt_checkpoint(run_dir, tmp_path, capsys):
     (broken / "checkpoint" / "model.safetensors").write_bytes(b"garbage")
     (broken / "checkpoint" / "ema.safetensors").write_bytes(b"garbage")
     assert "checkpoint" in _error(capsys, ["sample", str(broken), "-n", "2", "--out", str(png)])
+
+
+def test_fit_prior_makes_a_two_stage_run_that_eval_and_sample_use(run_dir, tmp_path, capsys):
+    from diffrep.runs import load_run
+
+    out = tmp_path / "vae-flow"
+    argv = ["fit-prior", str(run_dir), "--prior", "flow", "--steps", "60", "--out", str(out)]
+    assert main([*argv, "--set", "transforms=2"]) == 0
+    src, _ = load_run(run_dir)
+    two, cfg = load_run(out)
+    assert cfg.method["prior"] == "flow" and cfg.method["prior_args"] == {"transforms": 2}
+    assert type(two.prior).__name__ != type(src.prior).__name__
+    for part in ("encoder", "decoder"):  # stage one is frozen: identical weights
+        a, b = getattr(src, part).state_dict(), getattr(two, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 60 and rows[-1]["prior_fit_loss"] < rows[0]["prior_fit_loss"]
+    sets = ["--set", "eval.metrics=[likelihood]", "--set", "eval.iw_samples=4",
+            "--set", "eval.max_eval=100"]  # fmt: skip
+    assert main(["eval", str(out), *sets]) == 0
+    assert 0 < json.loads((out / "eval.json").read_text())["bpd"] < 8.5
+    assert main(["sample", str(out), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+
+    assert "already holds" in _error(capsys, argv)
+    bad = ["fit-prior", str(run_dir), "--out", str(tmp_path / "x")]
+    assert "unknown prior 'flw'" in _error(capsys, [*bad, "--prior", "flw"])
+    assert "unknown option 'tranforms'" in _error(
+        capsys, [*bad, "--prior", "flow", "--set", "tranforms=2"]
+    )
 
 
 def test_data_list_and_info(capsys):

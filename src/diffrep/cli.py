@@ -18,6 +18,7 @@ EPILOG = """examples:
   diffrep eval runs/vae && diffrep report runs/vae
   diffrep sample runs/vae -n 64 --out samples.png
   diffrep compare runs/vae runs/vdm --csv table.csv
+  diffrep fit-prior runs/vae --prior flow        # two-stage prior -> runs/vae-flow
   diffrep data list
 """
 
@@ -93,6 +94,26 @@ def _parser() -> argparse.ArgumentParser:
     df.add_argument("name")
     df.add_argument("--root", help="where to put it (default $DIFFREP_DATA or ./data)")
 
+    fp = sub.add_parser(
+        "fit-prior",
+        help="two-stage prior: fit a prior to a trained VAE's aggregate posterior (a new run)",
+    )
+    fp.add_argument("run_dir", help="a trained `vae` run")
+    fp.add_argument("--prior", required=True, help="flow, diffusion or gaussian")
+    fp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a constructor argument of the prior, e.g. --set T=200 (repeatable)",
+    )
+    fp.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    fp.add_argument("--lr", type=float, default=1e-3)
+    fp.add_argument("--batch-size", type=int, default=256)
+    fp.add_argument("--seed", type=int, default=0)
+    fp.add_argument("--out", help="new run directory (default: RUN_DIR-<prior>)")
+    fp.add_argument("--device", default=None)
+
     q = sub.add_parser("demo", help="the quickstart: three VAE priors on the embedded digits")
     q.add_argument("--out", default="runs/demo")
     q.add_argument("--steps", type=int, default=1500, help="training steps per model")
@@ -130,6 +151,29 @@ def cmd_train(args) -> int:
     if summary and int(os.environ.get("RANK", "0")) == 0:
         _say("done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
         _say(f"next: diffrep eval {out} && diffrep report {out}")
+    return 0
+
+
+def cmd_fit_prior(args) -> int:
+    import yaml
+
+    from diffrep.runs import fit_prior_run, read_run_info
+
+    read_run_info(args.run_dir)  # a clear error for a wrong directory
+    prior_args = {}
+    for item in args.set:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set T=200")
+        prior_args[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+    if args.steps < 1 or args.batch_size < 1 or not args.lr > 0:
+        raise UserError("fit-prior: --steps and --batch-size must be >= 1 and --lr > 0")
+    out = Path(args.out or f"{str(args.run_dir).rstrip('/')}-{args.prior}")
+    fit_prior_run(
+        args.run_dir, out, args.prior, prior_args, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, seed=args.seed, device=_device(args.device), log=_say,
+    )  # fmt: skip
+    _say(f"next: diffrep eval {out} && diffrep compare {args.run_dir} {out}")
     return 0
 
 
@@ -238,6 +282,7 @@ def cmd_fidnet(args) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "fit-prior": cmd_fit_prior,
     "eval": cmd_eval,
     "sample": cmd_sample,
     "report": cmd_report,

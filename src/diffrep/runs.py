@@ -107,3 +107,78 @@ def train_from_config(
             f"{d.train_split} ({len(data)} images {tuple(data.shape)}) -> {out}"
         )
     return train(method, data, out, cfg.train, resume=resume, **train_kwargs)
+
+
+def fit_prior_run(
+    run_dir: str | Path,
+    out: str | Path,
+    prior: str,
+    prior_args: dict | None = None,
+    *,
+    steps: int = 2000,
+    lr: float = 1e-3,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    log=print,
+) -> Path:
+    """Two-stage prior: fit `prior` to the aggregate posterior of the VAE in `run_dir` (its EMA
+    weights, on its training split), swap it in and write the result as a new run in `out`.
+
+    The encoder and decoder are unchanged; `diffrep eval/sample/report OUT` then use the new
+    prior. `out` gets config.yaml (method.prior = `prior`), run.json, a checkpoint and
+    metrics.jsonl with the prior's fitting loss.
+    """
+    import torch
+
+    from diffrep.checkpoint import checkpoint_step, has_checkpoint, save_checkpoint
+    from diffrep.config import check_kwargs, config_from_dict
+    from diffrep.data import load_dataset, to_model_input
+    from diffrep.priors import PRIORS, build_prior
+    from diffrep.priors.fit import aggregate_posterior, fit_prior, swap_prior
+
+    run_dir, out = Path(run_dir), Path(out)
+    if has_checkpoint(out / "checkpoint"):
+        raise UserError(f"{out} already holds a trained run; fix: pass a new --out")
+    if prior not in PRIORS:
+        raise UserError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS.names())}")
+    prior_args = dict(prior_args or {})
+    check_kwargs(PRIORS.get(prior), prior_args, where=f"prior {prior!r}")
+    vae, cfg = load_run(run_dir, ema=True, device=device)
+    if not (hasattr(vae, "prior") and vae.can("posterior")):
+        raise UserError(
+            f"{run_dir} holds a {cfg.method_name!r} run; fit-prior needs a VAE (a posterior "
+            "q(z|x) and a latent prior); fix: point it at a `vae` run"
+        )
+    d = cfg.data
+    data = load_dataset(d.name, d.train_split, root=d.root, **d.options)
+    x0 = to_model_input(data.images)
+    mean, logvar = aggregate_posterior(vae, x0)
+    log(
+        f"fitting a {prior} prior to the aggregate posterior of {len(mean)} {d.name} "
+        f"{d.train_split} images ({mean.shape[1]}-D latents), {steps} steps"
+    )
+    torch.manual_seed(seed)
+    new_prior = build_prior(prior, vae.latent_dim, **prior_args).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    losses = fit_prior(
+        new_prior, (mean, logvar), steps, batch_size=batch_size, lr=lr, generator=gen
+    )
+    model = swap_prior(vae, new_prior)
+
+    raw = cfg.to_dict()
+    raw["method"] = {**raw["method"], "prior": prior, "prior_args": prior_args}
+    new_cfg = config_from_dict(raw)
+    write_run_info(out, new_cfg, data.shape)
+    step = checkpoint_step(run_dir / "checkpoint")
+    source = {"from_run": str(run_dir), "prior": prior, "steps": steps, "lr": lr}
+    save_checkpoint(out / "checkpoint", model, None, None, step, {"two_stage": source})
+    every = max(1, steps // 200)
+    rows = [
+        json.dumps({"step": i + 1, "prior_fit_loss": sum(chunk) / len(chunk)})
+        for i in range(every - 1, steps, every)
+        for chunk in [losses[i + 1 - every : i + 1]]
+    ]
+    atomic_write_text(out / "metrics.jsonl", "\n".join(rows) + "\n")
+    log(f"prior loss {losses[0]:.3f} -> {sum(losses[-every:]) / every:.3f} nats; wrote {out}")
+    return out
