@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffrep.config import load_config  # noqa: E402
-from diffrep.data import bits_per_dim, load_dataset, to_model_input  # noqa: E402
+from diffrep.data import bits_per_dim, to_model_input  # noqa: E402
 from diffrep.runs import load_run, train_from_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def main() -> None:
     ]  # fmt: skip
     cfg = load_config(args.config, [*args.set, *budget])
     tc = cfg.train
-    test = load_dataset(cfg.data.name, cfg.data.eval_split, cfg.data.root, **cfg.data.options)
+    test = cfg.data.load(cfg.data.eval_split)
     x_test = to_model_input(test.images)  # [N, 1, 28, 28] in [-1, 1]
     if args.eval_n:
         x_test = x_test[: args.eval_n]

@@ -142,6 +142,12 @@ class DataConfig:
     root: str | None = None  # else $DIFFREP_DATA, else ../shared/data-style defaults
     options: dict = field(default_factory=dict)  # dataset-specific keyword arguments
 
+    def load(self, split: str):
+        """The dataset's `split` (e.g. self.train_split) as an ImageData."""
+        from diffrep.data import load_dataset
+
+        return load_dataset(self.name, split, root=self.root, **self.options)
+
 
 def _train_config_cls():
     from diffrep.train import TrainConfig

@@ -83,7 +83,6 @@ def train_from_config(
     `train_kwargs` go to `diffrep.train.train` (progress, callback, eval_hook).
     """
     from diffrep.checkpoint import has_checkpoint
-    from diffrep.data import load_dataset
     from diffrep.methods import build_method
     from diffrep.train import seed_everything, train
 
@@ -96,7 +95,7 @@ def train_from_config(
             f"{out} already holds a trained run; pass --resume to continue it or a new --out"
         )
     d = cfg.data
-    data = load_dataset(d.name, d.train_split, root=d.root, **d.options)
+    data = d.load(d.train_split)
     seed_everything(cfg.train.seed)  # reproducible initial weights
     method = build_method(cfg.method_name, data.shape, **cfg.method_args)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -133,7 +132,7 @@ def fit_prior_run(
 
     from diffrep.checkpoint import checkpoint_step, has_checkpoint, save_checkpoint
     from diffrep.config import check_kwargs, config_from_dict
-    from diffrep.data import load_dataset, to_model_input
+    from diffrep.data import to_model_input
     from diffrep.priors import PRIORS, build_prior
     from diffrep.priors.fit import aggregate_posterior, fit_prior, swap_prior
 
@@ -151,7 +150,7 @@ def fit_prior_run(
             "q(z|x) and a latent prior); fix: point it at a `vae` run"
         )
     d = cfg.data
-    data = load_dataset(d.name, d.train_split, root=d.root, **d.options)
+    data = d.load(d.train_split)
     x0 = to_model_input(data.images)
     mean, logvar = aggregate_posterior(vae, x0)
     log(

@@ -110,12 +110,17 @@ def bars(values: list[float], title: str, xlabel: str, ylabel: str, hline: float
     return _png(fig)
 
 
+def _panels(n: int, height: float):
+    """A figure for n small panels, up to 3 per row: (fig, rows, cols)."""
+    cols = min(3, max(1, n))
+    rows = -(-n // cols) if n else 1
+    return _figure(4.0 * cols, height * rows), rows, cols
+
+
 def curves(series: dict[str, tuple[list[float], list[float]]], title: str = "") -> bytes:
     """One small panel per named series {name: (steps, values)}."""
     names = list(series)
-    cols = min(3, max(1, len(names)))
-    rows = -(-len(names) // cols) if names else 1
-    fig = _figure(4.0 * cols, 2.6 * rows)
+    fig, rows, cols = _panels(len(names), 2.6)
     for i, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, i + 1)
         steps, values = series[name]
@@ -131,9 +136,7 @@ def curves(series: dict[str, tuple[list[float], list[float]]], title: str = "") 
 def grouped_bars(table: dict[str, dict[str, float]], title: str = "") -> bytes:
     """One panel per metric, one bar per run: table = {metric: {run: value}}."""
     metrics = list(table)
-    cols = min(3, max(1, len(metrics)))
-    rows = -(-len(metrics) // cols) if metrics else 1
-    fig = _figure(4.0 * cols, 2.8 * rows)
+    fig, rows, cols = _panels(len(metrics), 2.8)
     for i, m in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
         runs = list(table[m])

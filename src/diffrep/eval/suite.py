@@ -317,14 +317,13 @@ def run_eval(
     run_dir: str | Path, cfg: EvalConfig | None = None, device: str = "cpu", ema: bool = True
 ) -> dict:
     """Evaluate the run in `run_dir` (its config's eval section unless `cfg`), write eval.json."""
-    from diffrep.data import load_dataset
     from diffrep.runs import load_run
 
     method, config = load_run(run_dir, ema=ema, device=device)
     cfg = cfg or config.eval
     d = config.data
-    train = load_dataset(d.name, d.train_split, root=d.root, **d.options)
-    test = load_dataset(d.name, d.eval_split, root=d.root, **d.options)
+    train = d.load(d.train_split)
+    test = d.load(d.eval_split)
     result = evaluate(method, train, test, cfg, run_dir=run_dir)
     write_eval(run_dir, result)
     if result.get("errors"):
