@@ -11,7 +11,7 @@ import pytest
 from diffrep.cli import main
 
 TINY = [
-    "--set", "method.width=8", "--set", "method.channel_mults=[1]",
+    "--set", "method.unet.base_channels=8", "--set", "method.unet.channel_mults=[1]",
     "--set", "method.sample_steps=5", "--set", "train.steps=20",
     "--set", "train.log_every=10", "--set", "train.warmup=5",
     "--set", "train.tensorboard=false",

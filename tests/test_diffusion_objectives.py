@@ -215,19 +215,21 @@ def test_time_sampling_is_uniform_and_stratified(kind):
 
 
 def test_ddpm_eps_loss_weightings():
+    from diffrep.diffusion.weighting import build_weighting
+
     gamma = torch.tensor([-3.0, 0.0, 4.0], dtype=F64)
     snr = torch.exp(-gamma)
-    torch.testing.assert_close(O.eps_loss_weight(gamma, "simple"), torch.ones(3, dtype=F64))
-    torch.testing.assert_close(O.eps_loss_weight(gamma, "x0"), 1 / snr)
-    torch.testing.assert_close(O.eps_loss_weight(gamma, "min-snr"), snr.clamp(max=5) / snr)
-    torch.testing.assert_close(O.eps_loss_weight(gamma, "truncated-snr"), snr.clamp(min=1) / snr)
+    torch.testing.assert_close(build_weighting("simple")(gamma), torch.ones(3, dtype=F64))
+    torch.testing.assert_close(build_weighting("x0")(gamma), 1 / snr)
+    torch.testing.assert_close(build_weighting("min-snr")(gamma), snr.clamp(max=5) / snr)
+    torch.testing.assert_close(build_weighting("truncated-snr")(gamma), snr.clamp(min=1) / snr)
     # with the analytic denoiser, E||eps - eps_hat||^2 = D alpha^2 s2 / (alpha^2 s2 + sigma^2)
     T, D, s2 = 50, 8, 0.4
     sched = build_schedule("ddpm-linear", T=T)
     model = analytic_gaussian_eps_model(0.0, s2, sched)
     g = torch.Generator().manual_seed(0)
     x0 = math.sqrt(s2) * torch.randn(20000, D, generator=g, dtype=F64)
-    out = O.ddpm_eps_loss(model, sched, T, x0, generator=g)
+    out = O.denoising_loss(model, sched, x0, T=T, generator=g)
     a2 = torch.sigmoid(-sched.table(T)[1:])
     want = (D * a2 * s2 / (a2 * s2 + 1 - a2)).mean()
     assert abs(out["loss"].mean() / want - 1) < 0.03

@@ -41,7 +41,7 @@ def test_samplers_reproduce_the_gaussian_data_distribution(sampler, schedule, st
     m1, v1 = gaussian_marginal(MU, S2, sched(1.0).detach())
     x_T = m1 + v1.sqrt() * torch.randn(N // 4, 4, generator=g, dtype=F64)
     calls = []
-    x = S.SAMPLERS[sampler](
+    x = S.SAMPLERS.get(sampler)(
         model, sched, x_T, steps, generator=g, progress=lambda k, n: calls.append((k, n)), **kw
     )
     assert x.shape == x_T.shape and x.dtype == F64

@@ -39,7 +39,7 @@ def ddpm(digits):
 
     train, _ = digits
     torch.manual_seed(0)
-    m = build_method("ddpm", SHAPE, width=16, channel_mults=(1,), T=1000)
+    m = build_method("ddpm", SHAPE, unet={"base_channels": 16, "channel_mults": (1,)}, T=1000)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     rng = torch.Generator().manual_seed(1)
     for _ in range(200):
@@ -82,7 +82,8 @@ def test_ideal_denoiser_copies_training_images_and_a_trained_ddpm_does_not(digit
     r_ideal = _memo(ideal, digits, tmp_path / "ideal")["memorisation"]
     r_ddpm = _memo(ddpm, digits, tmp_path / "ddpm")["memorisation"]
     torch.manual_seed(0)
-    untrained = build_method("ddpm", SHAPE, width=16, channel_mults=(1,), T=1000).eval()
+    net = {"base_channels": 16, "channel_mults": (1,)}
+    untrained = build_method("ddpm", SHAPE, unet=net, T=1000).eval()
     r_untrained = _memo(untrained, digits)["memorisation"]
     msg = f"ideal {r_ideal}\nddpm {r_ddpm}\nuntrained ddpm {r_untrained}"
     print(msg)
@@ -141,7 +142,7 @@ def test_families_on_a_trained_ddpm_and_an_untrained_vdm(digits, ddpm, tmp_path)
     assert {"schedule", "ddim_steps", "memorisation_pairs"} <= set(res["figures"])
 
     torch.manual_seed(0)
-    vdm = build_method("vdm", SHAPE, width=8, channel_mults=(1,)).eval()
+    vdm = build_method("vdm", SHAPE, unet={"base_channels": 8, "channel_mults": (1,)}).eval()
     res = evaluate(vdm, *digits, _tiny_cfg(tmp_path, n_samples=130), run_dir=tmp_path / "vdm")
     assert "errors" not in res, res.get("errors")
     s = res["schedule"]  # VDM's learned line starts at its initial endpoints
@@ -165,7 +166,7 @@ def test_families_skip_what_a_method_lacks(digits, tmp_path):
 
 def test_bad_ddim_steps_is_reported_as_a_user_error(digits, tmp_path):
     torch.manual_seed(0)
-    m = build_method("ddpm", SHAPE, width=8, channel_mults=(1,), T=50).eval()
+    m = build_method("ddpm", SHAPE, unet={"base_channels": 8, "channel_mults": (1,)}, T=50).eval()
     cfg = EvalConfig(metrics=("ddim_steps",), ddim_steps=(0, 5), fidnet_path=str(tmp_path / "x"))
     res = evaluate(m, *digits, cfg)
     assert "ddim_steps" in res["errors"]["ddim_steps"] and "fix" in res["errors"]["ddim_steps"]

@@ -13,8 +13,8 @@ B = 4
 # Constructor arguments that make each method tiny; a method missing here runs with defaults.
 TINY = {
     "vae": {"latent_dim": 3, "width": 8},
-    "vdm": {"width": 8, "channel_mults": (1, 2), "sample_steps": 4},
-    "ddpm": {"T": 50, "width": 8, "channel_mults": (1, 2), "sample_steps": 4},
+    "vdm": {"unet": {"base_channels": 8, "channel_mults": (1, 2)}, "sample_steps": 4},
+    "ddpm": {"T": 50, "unet": {"base_channels": 8, "channel_mults": (1, 2)}, "sample_steps": 4},
     "dae": {"code_dim": 3, "width": 8},
 }
 

@@ -11,7 +11,7 @@ from diffrep.methods import build_method
 
 SHAPE = (1, 8, 8)
 B = 4
-NET = {"width": 8, "channel_mults": (1, 2)}
+NET = {"unet": {"base_channels": 8, "channel_mults": (1, 2)}}
 TINY = {
     "vdm": {**NET, "sample_steps": 8},
     "ddpm": {**NET, "T": 50, "sample_steps": 8},

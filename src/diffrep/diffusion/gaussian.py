@@ -23,9 +23,10 @@ from diffrep.diffusion.schedules import Schedule
 def analytic_gaussian_eps_model(
     mu: float | torch.Tensor, s2: float | torch.Tensor, schedule: Schedule
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """eps_model(z_t, t) -> E[eps | z_t] for data N(mu, s2 I); t a float [B] in [0, 1]."""
+    """eps_model(z_t, t, cond=None) -> E[eps | z_t] for data N(mu, s2 I); t a float [B] in
+    [0, 1]. Unconditional: a code is accepted and ignored (the Denoiser protocol)."""
 
-    def eps_model(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def eps_model(z_t: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         with torch.no_grad():  # samplers pass one t for the whole batch: evaluate it once
             tu, inv = torch.unique(t.to(torch.float64).reshape(-1), return_inverse=True)
             a, s = alpha_sigma(schedule(tu.to(schedule.device)).to(z_t.device)[inv])

@@ -107,7 +107,7 @@ class IdealDenoiser(nn.Module):
         return self.x0_from_gamma(x_t, self._gamma(t, x_t.shape[0]))
 
     @torch.no_grad()
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | float, cond=None) -> torch.Tensor:
         """eps_hat = (x_t - alpha_t x0_hat) / sigma_t, so it plugs into every sampler."""
         gamma = self._gamma(t, x_t.shape[0])
         x0 = self.x0_from_gamma(x_t, gamma).to(self.x_train.dtype)

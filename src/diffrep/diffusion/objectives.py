@@ -1,6 +1,7 @@
 """Diffusion objectives, as per-example terms in nats ([B] tensors).
 
-Denoiser: any callable `eps_model(z_t, t) -> eps_hat` with t a float [B] in [0, 1].
+Denoiser: any `denoiser(z_t, t, cond=None) -> eps_hat` (`diffusion.denoiser`) with t a float
+[B] in [0, 1]; every objective takes an optional code `cond` [B, K] and passes it through.
 
 - `vdm_elbo`: the VDM bound (Kingma et al. 2021) -log p(x) <= recon + prior + diffusion with
   the continuous-time diffusion loss 1/2 E_t[gamma'(t) ||eps - eps_hat||^2] (eq. 17) or, with
@@ -10,8 +11,9 @@ Denoiser: any callable `eps_model(z_t, t) -> eps_hat` with t a float [B] in [0, 
   -log p(x | z_0) + sum_i KL(q(z_{i-1} | z_i, x) || p(z_{i-1} | z_i)) + KL(q(z_K | x) || N(0,I)),
   every KL between Gaussians in closed form, summed exactly or estimated from one random step
   per example. `ddpm_bound` runs it on a DDPM table (z_0 is x_1: t = 0 is the data itself).
-- `ddpm_eps_loss`: lambda(t) ||eps - eps_hat||^2 at one random step (Ho et al.'s L_simple and
-  SNR-based weightings).
+- `denoising_loss`: lambda(t) ||eps - eps_hat||^2 at one random t per example, lambda from the
+  `WEIGHTINGS` registry (Ho et al.'s L_simple, SNR weightings, the ELBO weight, PDAE's, DRL's);
+  `per_t_loss`: ||eps - eps_hat||^2 at given t and eps (loss curves, the shuffle test).
 
 The decoder term L_0 is pluggable (`DECODERS`): VDM's 256-bin categorical decoder, Ho et al.'s
 256-bin discretised Gaussian for images, or a continuous Gaussian density for latents z (the
@@ -26,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from diffrep.diffusion.denoiser import Denoiser, call
 from diffrep.diffusion.process import (
     _bc,
     alpha_sigma,
@@ -34,11 +37,12 @@ from diffrep.diffusion.process import (
     x0_from_eps,
 )
 from diffrep.diffusion.schedules import EndpointSchedule, Schedule
+from diffrep.diffusion.weighting import Weighting, build_weighting, sample_t
 from diffrep.distributions import discretised_gaussian_log_prob
 from diffrep.errors import UserError
+from diffrep.registry import Registry
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-TSampling = Literal["low-discrepancy", "antithetic", "uniform"]
+TSampling = str  # a TIME_SAMPLERS name: "low-discrepancy", "antithetic", "uniform", "range"
 F64 = torch.float64
 LOG_2PI = math.log(2 * math.pi)
 
@@ -51,35 +55,6 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise like x, drawn on the generator's device (then moved to x's)."""
     dev = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
-
-
-def sample_t(
-    B: int,
-    *,
-    kind: TSampling = "low-discrepancy",
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """B times in [0, 1) as float64 [B], each marginally U[0, 1).
-
-    low-discrepancy: t_i = (u + i / B) mod 1 with one u ~ U[0, 1) (VDM appendix I.1): the batch
-    covers [0, 1) evenly, which cuts the variance of the diffusion loss. antithetic: pairs
-    (u, 1 - u). uniform: independent draws.
-    """
-    gdev = generator.device if generator is not None else device
-    if kind == "uniform":
-        t = torch.rand(B, generator=generator, device=gdev, dtype=F64)
-    elif kind == "low-discrepancy":
-        u = torch.rand((), generator=generator, device=gdev, dtype=F64)
-        t = torch.remainder(u + torch.arange(B, device=gdev, dtype=F64) / B, 1.0)
-    elif kind == "antithetic":
-        u = torch.rand((B + 1) // 2, generator=generator, device=gdev, dtype=F64)
-        t = torch.cat([u, 1 - u])[:B]
-    else:
-        raise UserError(
-            f"t sampling {kind!r} is unknown; choose one of: low-discrepancy, antithetic, uniform"
-        )
-    return t.to(device) if device is not None else t
 
 
 # --------------------------------------------------------------------------- L_T and L_0
@@ -154,19 +129,14 @@ def gaussian_decoder_nll(x0, z_0, gamma_0, eps_hat) -> torch.Tensor:
     return 0.5 * _sum(LOG_2PI + log_s2 + (x0 - mean).pow(2) * torch.exp(-log_s2))
 
 
-DECODERS: dict[str, Decoder] = {
-    "categorical": categorical_decoder_nll,
-    "discretised-gaussian": discretised_gaussian_decoder_nll,
-    "gaussian": gaussian_decoder_nll,
-}
+DECODERS: Registry[Decoder] = Registry("decoder")
+DECODERS.register("categorical")(categorical_decoder_nll)
+DECODERS.register("discretised-gaussian")(discretised_gaussian_decoder_nll)
+DECODERS.register("gaussian")(gaussian_decoder_nll)
 
 
 def get_decoder(decoder: str | Decoder) -> Decoder:
-    if callable(decoder):
-        return decoder
-    if decoder not in DECODERS:
-        raise UserError(f"decoder {decoder!r} is unknown; choose one of: {', '.join(DECODERS)}")
-    return DECODERS[decoder]
+    return decoder if callable(decoder) else DECODERS.get(decoder)
 
 
 def _full(x: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
@@ -177,10 +147,11 @@ def _full(x: torch.Tensor, value: torch.Tensor | float) -> torch.Tensor:
 
 
 def vdm_elbo(
-    eps_model: EpsModel,
+    eps_model: Denoiser,
     schedule: Schedule,
     x0: torch.Tensor,
     *,
+    cond: torch.Tensor | None = None,
     T: int = 0,
     decoder: str | Decoder = "categorical",
     t_sampling: TSampling = "low-discrepancy",
@@ -192,7 +163,8 @@ def vdm_elbo(
     recon = -log p(x | z_0), z_0 ~ q(z_0 | x) (eq. 8); prior = KL(q(z_1 | x) || N(0, I));
     diffusion: T = 0 continuous time, 1/2 gamma'(t) ||eps - eps_hat(z_t; t)||^2 (eq. 17);
     T > 0 the T-step loss, t on {1/T, ..., 1}, T/2 expm1(gamma_t - gamma_s) ||eps - eps_hat||^2
-    with s = t - 1/T. One t per example, drawn by `t_sampling`.
+    with s = t - 1/T. One t per example, drawn by `t_sampling`. `cond` [B, K]: the code every
+    denoiser call gets (a conditional decoder p(x | w), seed 000), None for an unconditional one.
 
     schedule_grad="variance" (VDM sec. 5.2 / appendix I.2): the schedule's *shape* (between its
     endpoints) gets the gradient of E[diffusion^2] instead of the ELBO's: in continuous time
@@ -213,7 +185,7 @@ def vdm_elbo(
     # L_0: reconstruction from z_0 ~ q(z_0 | x)
     z_0 = q_sample(x0, g0b, _randn(x0, generator))
     t0 = torch.zeros(B, dtype=x0.dtype, device=x0.device)
-    recon = decode(x0, z_0, g0b, lambda: eps_model(z_0, t0))
+    recon = decode(x0, z_0, g0b, lambda: call(eps_model, z_0, t0, cond))
     prior = prior_kl(x0, g1b)
 
     t = sample_t(B, kind=t_sampling, generator=generator, device=x0.device)
@@ -236,7 +208,7 @@ def vdm_elbo(
         weight = 0.5 * dg
     eps = _randn(x0, generator)
     z_t = q_sample(x0, g_t, eps)
-    eps_hat = eps_model(z_t, t.to(x0.dtype))
+    eps_hat = call(eps_model, z_t, t.to(x0.dtype), cond)
     diffusion = weight.to(x0.dtype) * _sum((eps - eps_hat).pow(2))
     if hooks:
         scale = 2 * diffusion.detach().to(F64)  # d L^2 = 2 L dL, per example
@@ -313,11 +285,12 @@ def step_kl(
 
 
 def discrete_bound(
-    eps_model: EpsModel,
+    eps_model: Denoiser,
     gammas: torch.Tensor,
     ts: torch.Tensor,
     x0: torch.Tensor,
     *,
+    cond: torch.Tensor | None = None,
     decoder: str | Decoder,
     exact: bool = False,
     reverse_var: Literal["posterior", "beta"] = "posterior",
@@ -344,14 +317,14 @@ def discrete_bound(
     prior = prior_kl(x0, gammas[K].expand(B))
     g0 = gammas[0].expand(B)
     z_0 = q_sample(x0, g0, _randn(x0, generator))
-    recon = decode(x0, z_0, g0, lambda: eps_model(z_0, ts[0].expand(B).to(x0.dtype)))
+    recon = decode(x0, z_0, g0, lambda: call(eps_model, z_0, ts[0].expand(B).to(x0.dtype), cond))
 
     if exact:
         diffusion = torch.zeros(B, dtype=x0.dtype, device=x0.device)
         for i in range(1, K + 1):
             g_t = gammas[i].expand(B)
             eps = _randn(x0, generator)
-            eps_hat = eps_model(q_sample(x0, g_t, eps), ts[i].expand(B).to(x0.dtype))
+            eps_hat = call(eps_model, q_sample(x0, g_t, eps), ts[i].expand(B).to(x0.dtype), cond)
             sq = _sum((eps - eps_hat).pow(2))
             diffusion = diffusion + step_kl(gammas[i - 1].expand(B), g_t, sq, D, reverse_var)
     else:
@@ -359,7 +332,7 @@ def discrete_bound(
         i = torch.randint(1, K + 1, (B,), generator=generator, device=dev).to(x0.device)
         g_t = gammas[i]
         eps = _randn(x0, generator)
-        eps_hat = eps_model(q_sample(x0, g_t, eps), ts[i].to(x0.dtype))
+        eps_hat = call(eps_model, q_sample(x0, g_t, eps), ts[i].to(x0.dtype), cond)
         sq = _sum((eps - eps_hat).pow(2))
         diffusion = K * step_kl(gammas[i - 1], g_t, sq, D, reverse_var)
     return {
@@ -371,11 +344,12 @@ def discrete_bound(
 
 
 def ddpm_bound(
-    eps_model: EpsModel,
+    eps_model: Denoiser,
     schedule: Schedule,
     T: int,
     x0: torch.Tensor,
     *,
+    cond: torch.Tensor | None = None,
     decoder: str | Decoder = "discretised-gaussian",
     exact: bool = False,
     reverse_var: Literal["posterior", "beta"] = "posterior",
@@ -394,6 +368,7 @@ def ddpm_bound(
         gammas[1:],
         ts[1:],
         x0,
+        cond=cond,
         decoder=decoder,
         exact=exact,
         reverse_var=reverse_var,
@@ -401,50 +376,71 @@ def ddpm_bound(
     )
 
 
-# --------------------------------------------------------------------------- DDPM training loss
-
-Weighting = Literal["simple", "x0", "min-snr", "truncated-snr"]
+# --------------------------------------------------------------------------- denoising losses
 
 
-def eps_loss_weight(gamma_t: torch.Tensor, weighting: Weighting, snr_cap: float = 5.0):
-    """lambda(t) multiplying ||eps - eps_hat||^2, with SNR = e^-gamma.
-
-    Since ||x - x0_hat||^2 = ||eps - eps_hat||^2 / SNR, weightings stated on x0 errors map to
-    eps errors by dividing by SNR: simple = 1 (Ho et al. L_simple); x0 = 1 / SNR (plain
-    x0-prediction MSE); min-snr = min(SNR, cap) / SNR (Hang et al. 2023, Min-SNR-5);
-    truncated-snr = max(SNR, 1) / SNR (Salimans & Ho 2022).
-    """
-    if weighting == "simple":
-        return torch.ones_like(gamma_t)
-    if weighting == "x0":
-        return torch.exp(gamma_t)
-    if weighting == "min-snr":
-        return torch.clamp(torch.exp(gamma_t) * snr_cap, max=1.0)
-    if weighting == "truncated-snr":
-        return torch.clamp(torch.exp(gamma_t), min=1.0)
-    raise UserError(
-        f"weighting {weighting!r} is unknown; choose one of: simple, x0, min-snr, truncated-snr"
-    )
+def _draw_t(B: int, T: int, t_sampling: str, generator, device) -> torch.Tensor:
+    """One t per example: T > 0 the grid i / T, i uniform in 1..T; T = 0 continuous."""
+    if T > 0:
+        dev = generator.device if generator is not None else device
+        i = torch.randint(1, T + 1, (B,), generator=generator, device=dev).to(device)
+        return i.to(F64) / T
+    return sample_t(B, kind=t_sampling, generator=generator, device=device)
 
 
-def ddpm_eps_loss(
-    eps_model: EpsModel,
+def denoising_loss(
+    eps_model: Denoiser,
     schedule: Schedule,
-    T: int,
     x0: torch.Tensor,
     *,
-    weighting: Weighting = "simple",
+    cond: torch.Tensor | None = None,
+    weighting: str | Weighting = "simple",
+    t_sampling: TSampling = "uniform",
+    T: int = 0,
     generator: torch.Generator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """lambda(t) ||eps - eps_hat(x_t, t)||^2 at one uniform step t in {1..T} per example ->
-    {"loss", "mse"} [B] (Ho et al. 2020 eq. 14, summed over dimensions). Not a bound."""
+    """lambda(t) ||eps - eps_hat(x_t, t, cond)||^2 at one t per example -> {"loss", "mse", "t"}.
+
+    Ho et al. 2020 eq. 14 (weighting "simple", T > 0), DRL's eq. 2 (seed 001, any weighting,
+    eps form of the score error), PDAE's weighted eps loss (seed 002). With weighting "elbo",
+    T = 0 and t uniform, E[loss] is VDM's continuous diffusion term (eq. 17), the same estimator
+    as `vdm_elbo`'s "diffusion" for the same t and eps. Not a bound in general.
+    """
+    w = build_weighting(weighting)
     B = x0.shape[0]
-    dev = generator.device if generator is not None else x0.device
-    i = torch.randint(1, T + 1, (B,), generator=generator, device=dev).to(x0.device)
-    t = i.to(F64) / T
+    t = _draw_t(B, T, t_sampling, generator, x0.device)
+    if w.needs_derivative:
+        g_t, dg = schedule.gamma_and_derivative(t)
+        lam = w(g_t, dg)
+    else:
+        with torch.no_grad():
+            g_t = schedule(t)
+        lam = w(g_t)
+    eps = _randn(x0, generator)
+    eps_hat = call(eps_model, q_sample(x0, g_t, eps), t.to(x0.dtype), cond)
+    mse = _sum((eps - eps_hat).pow(2))
+    return {"loss": lam.to(mse) * mse, "mse": mse, "t": t}
+
+
+def per_t_loss(
+    eps_model: Denoiser,
+    schedule: Schedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    cond: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """||eps - eps_hat(x_t, t, cond)||^2 [B] at the given t [B] (and eps, drawn if None).
+
+    Passing the same t and eps with and without a code isolates what the code is worth at each
+    noise level (the shuffle test; the posterior-mean gap). Multiply by gamma'(t) / 2 for the
+    ELBO's nats.
+    """
+    t = t.to(device=x0.device, dtype=F64)
     with torch.no_grad():
         g_t = schedule(t)
-    eps = _randn(x0, generator)
-    eps_hat = eps_model(q_sample(x0, g_t, eps), t.to(x0.dtype))
-    mse = _sum((eps - eps_hat).pow(2))
-    return {"loss": eps_loss_weight(g_t, weighting).to(mse) * mse, "mse": mse}
+    eps = _randn(x0, generator) if eps is None else eps
+    eps_hat = call(eps_model, q_sample(x0, g_t, eps), t.to(x0.dtype), cond)
+    return _sum((eps - eps_hat).pow(2))

@@ -1,9 +1,12 @@
-"""Samplers: short pure functions of a denoiser eps_model(z_t, t) and a schedule.
+"""Samplers: short pure functions of a denoiser eps_model(z_t, t, cond=None) and a schedule.
 
-`sampler(eps_model, schedule, x_T, steps, *, generator=None, progress=None, ...)` runs `steps`
+`sampler(eps_model, schedule, x_T, steps, *, cond=None, generator=None, progress=None, ...)`
+runs `steps`
 steps on the uniform grid t = 1, 1 - 1/steps, ..., 0 (any number of steps, independent of
 training) and returns x at t = 0 in data scale, z_0 / alpha_0 (for DDPM schedules alpha_0 = 1,
 z_0 is x itself). x_T is z_1 ~ N(0, I). The grid's gammas come from the schedule in float64.
+`cond` [B, K] is passed to every denoiser call (a code-conditioned decoder); None calls the
+denoiser without one, so a denoiser that ignores its code samples bit-identically either way.
 
 - `ancestral`: z_s ~ p(z_s | z_t) = q(z_s | z_t, x0_hat) (Ho et al. 2020 alg. 2; VDM eq. 33).
 - `ddim`: z_s = alpha_s x0_hat + sqrt(sigma_s^2 - s_eta^2) eps_hat + s_eta noise with
@@ -27,11 +30,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from diffrep.diffusion.denoiser import Denoiser, call
 from diffrep.diffusion.process import _bc, alpha_sigma, posterior_coefficients, x0_from_eps
 from diffrep.diffusion.schedules import Schedule
 from diffrep.errors import UserError
+from diffrep.registry import Registry
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+EpsModel = Denoiser
 Progress = Callable[[int, int], None] | bool | None
 F64 = torch.float64
 
@@ -63,13 +68,13 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
 
 
-def _eps(eps_model: EpsModel, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return eps_model(z, t.to(z.dtype).expand(z.shape[0]))
+def _eps(eps_model: EpsModel, z: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    return call(eps_model, z, t.to(z.dtype).expand(z.shape[0]), cond)
 
 
-def _x0_eps(eps_model, z, t, g, clip_x0: bool):
+def _x0_eps(eps_model, z, t, g, clip_x0: bool, cond=None):
     """(x0_hat, eps_hat) at (z, t); clip_x0 clamps x0_hat to [-1, 1] and makes eps consistent."""
-    eps_hat = _eps(eps_model, z, t)
+    eps_hat = _eps(eps_model, z, t, cond)
     x0_hat = x0_from_eps(z, g, eps_hat)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)
@@ -89,6 +94,7 @@ def ancestral(
     x_T: torch.Tensor,
     steps: int,
     *,
+    cond: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Progress = None,
     clip_x0: bool = False,
@@ -97,7 +103,7 @@ def ancestral(
     t, g = _grid(schedule, steps, x_T.device)
     z = x_T
     for k in _steps(steps, progress, "ancestral"):
-        x0_hat, _ = _x0_eps(eps_model, z, t[k], g[k], clip_x0)
+        x0_hat, _ = _x0_eps(eps_model, z, t[k], g[k], clip_x0, cond)
         c_z, c_x, var = posterior_coefficients(g[k + 1], g[k])
         z = _bc(c_z, z) * z + _bc(c_x, z) * x0_hat
         if var > 0:
@@ -113,6 +119,7 @@ def ddim(
     steps: int,
     *,
     eta: float = 0.0,
+    cond: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Progress = None,
     clip_x0: bool = False,
@@ -123,7 +130,7 @@ def ddim(
     t, g = _grid(schedule, steps, x_T.device)
     z = x_T
     for k in _steps(steps, progress, "ddim"):
-        x0_hat, eps_hat = _x0_eps(eps_model, z, t[k], g[k], clip_x0)
+        x0_hat, eps_hat = _x0_eps(eps_model, z, t[k], g[k], clip_x0, cond)
         a_s, s_s = alpha_sigma(g[k + 1])
         var_eta = eta**2 * posterior_coefficients(g[k + 1], g[k])[2]
         z = _bc(a_s, z) * x0_hat + _bc((s_s**2 - var_eta).clamp(min=0).sqrt(), z) * eps_hat
@@ -136,16 +143,16 @@ def _sigma_bar(g: torch.Tensor) -> torch.Tensor:
     return torch.exp(0.5 * g)  # sigma / alpha; 0 at gamma = -inf
 
 
-def _ode(eps_model, t, g, xbar, heun: bool, progress, desc) -> torch.Tensor:
+def _ode(eps_model, t, g, xbar, heun: bool, progress, desc, cond=None) -> torch.Tensor:
     """Integrate dx_bar / dsigma_bar = eps_hat(alpha x_bar, t) along the grid (t, g)."""
     sb = _sigma_bar(g)
     a = alpha_sigma(g)[0]
     for k in _steps(len(t) - 1, progress, desc):
         h = (sb[k + 1] - sb[k]).to(xbar.dtype)
-        d = _eps(eps_model, _bc(a[k], xbar) * xbar, t[k])
+        d = _eps(eps_model, _bc(a[k], xbar) * xbar, t[k], cond)
         x_next = xbar + h * d
         if heun and sb[k + 1] > 0:  # the denoiser is not used at sigma = 0 (Karras alg. 1)
-            d2 = _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1])
+            d2 = _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1], cond)
             x_next = xbar + h * 0.5 * (d + d2)
         xbar = x_next
     return xbar
@@ -158,6 +165,7 @@ def ode_sample(
     x_T: torch.Tensor,
     steps: int,
     *,
+    cond: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     progress: Progress = None,
     heun: bool = True,
@@ -168,7 +176,7 @@ def ode_sample(
     """
     t, g = _grid(schedule, steps, x_T.device)
     xbar = x_T / _bc(alpha_sigma(g[0])[0], x_T)
-    return _ode(eps_model, t, g, xbar, heun, progress, "ode")
+    return _ode(eps_model, t, g, xbar, heun, progress, "ode", cond)
 
 
 @torch.no_grad()
@@ -178,13 +186,14 @@ def ode_invert(
     x0: torch.Tensor,
     steps: int,
     *,
+    cond: torch.Tensor | None = None,
     progress: Progress = None,
     heun: bool = True,
 ) -> torch.Tensor:
     """The probability-flow ODE from data x0 (t = 0) to z_1 (t = 1), Heun's method."""
     t, g = _grid(schedule, steps, x0.device)
     t, g = t.flip(0), g.flip(0)
-    xbar = _ode(eps_model, t, g, x0, heun, progress, "ode-invert")
+    xbar = _ode(eps_model, t, g, x0, heun, progress, "ode-invert", cond)
     return xbar * _bc(alpha_sigma(g[-1])[0], xbar)
 
 
@@ -195,6 +204,7 @@ def ddim_invert(
     x0: torch.Tensor,
     steps: int,
     *,
+    cond: torch.Tensor | None = None,
     fixed_point_iters: int = 0,
     progress: Progress = None,
 ) -> torch.Tensor:
@@ -212,18 +222,17 @@ def ddim_invert(
     xbar = x0
     for k in _steps(steps, progress, "ddim-invert"):
         h = (sb[k + 1] - sb[k]).to(x0.dtype)
-        x_next = xbar + h * _eps(eps_model, _bc(a[k], xbar) * xbar, t[k])
+        x_next = xbar + h * _eps(eps_model, _bc(a[k], xbar) * xbar, t[k], cond)
         for _ in range(fixed_point_iters):
-            x_next = xbar + h * _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1])
+            x_next = xbar + h * _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1], cond)
         xbar = x_next
     return xbar * _bc(a[-1], xbar)
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ancestral": ancestral,
-    "ddim": ddim,
-    "ode": ode_sample,
-}
+SAMPLERS: Registry[torch.Tensor] = Registry("sampler")
+SAMPLERS.register("ancestral")(ancestral)
+SAMPLERS.register("ddim")(ddim)
+SAMPLERS.register("ode")(ode_sample)
 
 
 def sample(
@@ -237,12 +246,12 @@ def sample(
     progress: Progress = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    x_T: torch.Tensor | None = None,
+    cond: torch.Tensor | None = None,
     **kw,
 ) -> torch.Tensor:
-    """Draw x_T ~ N(0, I) of `shape` (from `generator`) and run the named sampler."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"sampler {sampler!r} is unknown; choose one of: {', '.join(SAMPLERS)}")
-    fn = SAMPLERS[sampler]
+    """Run the named sampler from x_T (drawn ~ N(0, I) of `shape` from `generator` if None)."""
+    fn = SAMPLERS.get(sampler)
     options = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(kw) - set(options))
     if unknown:
@@ -250,6 +259,11 @@ def sample(
             f"sampler {sampler!r} has no option {', '.join(unknown)}; its options: "
             f"{', '.join(o for o in options if o not in ('generator', 'progress'))}"
         )
-    gdev = generator.device if generator is not None else device
-    x_T = torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
-    return fn(eps_model, schedule, x_T, steps, generator=generator, progress=progress, **kw)
+    if x_T is None:
+        gdev = generator.device if generator is not None else device
+        x_T = torch.randn(shape, generator=generator, device=gdev, dtype=dtype).to(device)
+    elif tuple(x_T.shape) != tuple(shape):
+        raise UserError(f"x_T has shape {tuple(x_T.shape)}, expected {tuple(shape)}")
+    return fn(
+        eps_model, schedule, x_T, steps, cond=cond, generator=generator, progress=progress, **kw
+    )

@@ -4,6 +4,7 @@
 q(z_1 | x) to N(0, I), and the continuous-time diffusion loss 1/2 gamma'(t) ||eps - eps_hat||^2
 (eq. 17) with a learned schedule gamma(t) (or its T-step version, T > 0). The loss *is* the
 bound, so `loss()["loss"]` and `elbo()["total"]` are the same estimator (nats per example).
+The schedule and U-Net are the shared `PixelDiffusion` part.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from typing import Literal
 
 import torch
 
-from diffrep.diffusion import objectives as O
-from diffrep.diffusion.schedules import build_schedule
+from diffrep.diffusion.pixel import PixelDiffusion
 from diffrep.errors import UserError
-from diffrep.methods.base import METHODS, Batch, Method
-from diffrep.methods.ddpm import PixelDiffusionSampling, build_unet
+from diffrep.methods.base import METHODS, Batch
+from diffrep.methods.pixel_base import PixelDiffusionMethod
 
 
 @METHODS.register("vdm")
-class VDM(PixelDiffusionSampling, Method):
+class VDM(PixelDiffusionMethod):
     def __init__(
         self,
         data_shape: tuple[int, int, int],
@@ -31,11 +31,7 @@ class VDM(PixelDiffusionSampling, Method):
         T: int = 0,
         t_sampling: Literal["low-discrepancy", "antithetic", "uniform"] = "low-discrepancy",
         schedule_grad: Literal["elbo", "variance"] = "elbo",
-        width: int = 32,
-        channel_mults: tuple[int, ...] = (1, 2, 2),
-        num_res_blocks: int = 1,
-        dropout: float = 0.0,
-        fourier_exponents: tuple[int, ...] = (),
+        unet: dict | None = None,
         sample_steps: int = 100,
     ):
         """
@@ -47,8 +43,8 @@ class VDM(PixelDiffusionSampling, Method):
             t_sampling: how the batch's times are drawn (low-discrepancy: VDM's sampler).
             schedule_grad: "variance" trains the learned-net schedule's shape to minimise the
                 loss variance (VDM sec. 5.2); "elbo" trains everything on the bound.
-            width, channel_mults, num_res_blocks, dropout, fourier_exponents: the U-Net
-                (fourier_exponents like (6, 7) adds VDM's input features for fine bins).
+            unet: the U-Net's settings (`nets.unet.UNet` arguments), e.g. {base_channels: 16,
+                fourier_exponents: [6, 7]} (VDM's input features for fine bins).
             sample_steps: default number of sampling steps.
         """
         super().__init__(data_shape)
@@ -62,20 +58,15 @@ class VDM(PixelDiffusionSampling, Method):
         self.T = T
         self.t_sampling = t_sampling
         self.schedule_grad = schedule_grad
-        self.sample_steps = sample_steps
-        self.schedule = build_schedule(schedule, gamma_min=gamma_min, gamma_max=gamma_max)
-        self.net = build_unet(
-            self.data_shape, width, channel_mults, num_res_blocks, dropout,
-            fourier_exponents=tuple(fourier_exponents),
+        self.diffusion = PixelDiffusion(
+            self.data_shape, schedule=schedule, unet=unet, sample_steps=sample_steps,
+            schedule_options={"gamma_min": gamma_min, "gamma_max": gamma_max},
         )  # fmt: skip
 
-    def eps_model(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(z_t, t)
-
     def _terms(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
-        return O.vdm_elbo(
-            self.eps_model, self.schedule, x0, T=self.T, decoder="categorical",
-            t_sampling=self.t_sampling, schedule_grad=self.schedule_grad,
+        return self.diffusion.vdm_elbo(
+            x0, T=self.T, decoder="categorical", t_sampling=self.t_sampling,
+            schedule_grad=self.schedule_grad,
         )  # fmt: skip
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:

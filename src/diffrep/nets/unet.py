@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffrep.errors import UserError
+from diffrep.nets import NETWORKS
 from diffrep.nets.layers import (
     Attention,
     CondEmbedding,
@@ -47,6 +48,7 @@ def _can_downsample(h: int, w: int) -> bool:
     return h % 2 == 0 and w % 2 == 0 and min(h, w) >= 8
 
 
+@NETWORKS.register("unet")
 class UNet(nn.Module):
     def __init__(
         self,
