@@ -88,6 +88,18 @@ def test_comparison_page_has_table_and_every_runs_samples(run_dir, tmp_path):
     assert page.count("data:image/png;base64,") >= 3  # bar chart + two sample grids
 
 
+def test_comparison_page_shows_the_named_figures_of_every_run(run_dir, tmp_path):
+    from diffrep.report import write_comparison_report
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    figures = ("tsne", "samples")
+    page = write_comparison_report([run_dir, other], tmp_path / "c.html", figures=figures)
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 1 + 2 * len(figures)  # + the bar chart
+    assert text.index("<h2>t-SNE of the representation</h2>") < text.index("<h2>Samples</h2>")
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
     "--headless",

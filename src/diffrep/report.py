@@ -336,8 +336,11 @@ def markdown_table(cols: list[str], rows: list[dict]) -> str:
     return head + body
 
 
-def render_comparison(run_dirs, title: str = "diffrep comparison") -> str:
-    """HTML: the comparison table, a bar chart of the headline metrics, each run's samples."""
+def render_comparison(
+    run_dirs, title: str = "diffrep comparison", figures: tuple[str, ...] = ("samples",)
+) -> str:
+    """HTML: the comparison table, a bar chart of the headline metrics, then for each name in
+    `figures` (a figure of RUN_DIR/figures, e.g. "samples", "tsne") every run's picture."""
     from diffrep.eval import plots
 
     esc = html.escape
@@ -367,20 +370,25 @@ def render_comparison(run_dirs, title: str = "diffrep comparison") -> str:
     table = {k: v for k, v in table.items() if v}
     if table:
         parts.append(_figure(plots.grouped_bars(table, ""), "Headline metrics"))
-    parts.append("<h2>Samples</h2>")
-    for d, r in zip(run_dirs, rows):
-        png = Path(d) / plots.FIGURES_DIR / "samples.png"
-        if png.is_file():
-            parts.append(_figure(png.read_bytes(), str(r["run"])))
+    for name in figures:
+        found = {f["name"]: f for d in run_dirs for f in plots.list_figures(d) if f["name"] == name}
+        heading = found[name]["title"] if name in found else name.replace("_", " ").capitalize()
+        parts.append(f"<h2>{esc(heading)}</h2>")
+        for d, r in zip(run_dirs, rows):
+            png = Path(d) / plots.FIGURES_DIR / f"{name}.png"
+            if png.is_file():
+                parts.append(_figure(png.read_bytes(), str(r["run"])))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_comparison_report(run_dirs, out: str | Path, title: str = "diffrep comparison") -> Path:
+def write_comparison_report(
+    run_dirs, out: str | Path, title: str = "diffrep comparison", figures=("samples",)
+) -> Path:
     """Write one HTML page comparing evaluated runs (see `render_comparison`)."""
     from diffrep.runs import atomic_write_text
 
-    atomic_write_text(Path(out), render_comparison(run_dirs, title))
+    atomic_write_text(Path(out), render_comparison(run_dirs, title, tuple(figures)))
     return Path(out)
 
 

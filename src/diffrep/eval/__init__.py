@@ -8,6 +8,8 @@ that returns `{}` for what the method cannot do (`method.can("encode")`, ...):
     fid.py         Frechet distance and KID on features of a domain network (fidnet.py)
     latents.py     KL per dimension, active units, I(x; z) under q
     recon.py       MSE, PSNR, SSIM of reconstructions
+    collapse.py    code-conditioned diffusion decoders: latent health and the shuffle test
+    codes.py       their reconstructions with the code fixed, DDIM regeneration, interpolation
 
 `suite.py` assembles them: `evaluate(method, train_data, test_data, cfg)` returns the eval.json
 dict, `run_eval(run_dir)` loads a run, evaluates it and writes RUN_DIR/eval.json. `EvalConfig` is
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 DEFAULT_METRICS = ("likelihood", "probe", "latent", "recon", "fid")
 # diffrep.eval.diffusion's families (each skips a method it does not apply to)
 DEFAULT_METRICS += ("schedule", "ddim_steps", "memorisation")
+# diffrep.eval.collapse / codes: methods with a code-conditioned diffusion decoder (vae_vdm, drl)
+DEFAULT_METRICS += ("collapse", "code_samples")
 
 
 @dataclass(frozen=True)

@@ -332,5 +332,8 @@ def run_eval(
     return result
 
 
-# Method-specific families register themselves on import (schedule, ddim_steps, memorisation).
+# Method-specific families register themselves on import (schedule, ddim_steps, memorisation;
+# collapse and code_samples for code-conditioned diffusion decoders).
+from diffrep.eval import codes as _codes  # noqa: E402,F401
+from diffrep.eval import collapse as _collapse  # noqa: E402,F401
 from diffrep.eval import diffusion as _diffusion  # noqa: E402,F401
