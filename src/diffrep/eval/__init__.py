@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 #: registered later in `diffrep.eval.suite.EVALS`).
 DEFAULT_METRICS = ("likelihood", "probe", "latent", "recon", "fid")
 # diffrep.eval.diffusion's families (each skips a method it does not apply to)
-DEFAULT_METRICS += ("schedule", "ddim_steps", "memorisation")
+DEFAULT_METRICS += ("schedule", "ddim_steps", "memorisation", "loss_vs_t")
 # diffrep.eval.collapse / codes: methods with a code-conditioned diffusion decoder (vae_vdm, drl)
 DEFAULT_METRICS += ("collapse", "code_samples")
 

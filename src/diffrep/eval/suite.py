@@ -337,3 +337,4 @@ def run_eval(
 from diffrep.eval import codes as _codes  # noqa: E402,F401
 from diffrep.eval import collapse as _collapse  # noqa: E402,F401
 from diffrep.eval import diffusion as _diffusion  # noqa: E402,F401
+from diffrep.eval import loss_curve as _loss_curve  # noqa: E402,F401
