@@ -2,7 +2,8 @@
 
 A checkpoint directory (RUN_DIR/checkpoint/) holds
 
-    model.safetensors   the raw weights (the whole `state_dict`, buffers included)
+    model.safetensors   the raw weights (the `state_dict`, buffers included, without frozen
+                        submodules: those are rebuilt from their own source, `diffrep.nets.freeze`)
     ema.safetensors     the EMA of the weights (= the raw weights when EMA is off)
     state.pt            optimizer state, step, RNG states (torch / cuda / numpy / python, one set
                         per rank) and trainer state (the data-order generator); plain tensors and
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from diffrep.errors import UserError
+from diffrep.nets.freeze import frozen_modules, is_frozen_key, trainable_state_dict
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -181,8 +183,9 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint of `method` after `step` optimizer steps; returns the directory.
 
-    `ema_state` is a full state dict (same keys as `method.state_dict()`); None writes the raw
-    weights as the EMA so that `load_weights(ema=True)` always works. `rng_state` defaults to
+    `ema_state` is a state dict with the keys of `trainable_state_dict(method)` (the state of
+    frozen submodules is never written); None writes the raw weights as the EMA so that
+    `load_weights(ema=True)` always works. `rng_state` defaults to
     this process's states (`capture_rng_state()`); the trainer passes one per rank under DDP.
     `extra_state` must hold only tensors, numbers, strings and containers (weights_only).
     """
@@ -192,7 +195,9 @@ def save_checkpoint(
     ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
     _finish_interrupted_save(ckpt_dir)
     new, old = _sibling(ckpt_dir, "new"), _sibling(ckpt_dir, "old")
-    model_sd = method.state_dict()
+    model_sd = trainable_state_dict(method)
+    if ema_state is not None:
+        ema_state = {k: v for k, v in ema_state.items() if k in model_sd}
     blobs = {
         MODEL_FILE: _safetensors_bytes(model_sd, step, "model"),
         EMA_FILE: _safetensors_bytes(ema_state if ema_state is not None else model_sd, step, "ema"),
@@ -292,8 +297,11 @@ def _load_tensors(ckpt_dir: Path, name: str, manifest: dict[str, Any]) -> dict[s
 
 
 def _check_and_load_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> None:
-    """Load `sd` into `module` (strict), with an error naming the mismatching keys/shapes."""
-    own = module.state_dict()
+    """Load `sd` into `module` (strict but for frozen submodules, whose keys may be absent and
+    are ignored when present), with an error naming the mismatching keys/shapes."""
+    frozen = frozen_modules(module)
+    own = trainable_state_dict(module)
+    sd = {k: v for k, v in sd.items() if not is_frozen_key(k, frozen)}
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     wrong = [
@@ -318,7 +326,7 @@ def _check_and_load_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], p
             f"({', '.join(parts)}): it was trained with a different method or method options; "
             f"fix: use the run's own config.yaml, or {_FIX}"
         )
-    module.load_state_dict(sd, strict=True)
+    module.load_state_dict(sd, strict=not frozen)  # the checks above stand in for strict
 
 
 def load_state(ckpt_dir: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -377,8 +385,8 @@ def load_checkpoint(
                 f"optimizer state in {str(ckpt_dir / STATE_FILE)!r} does not fit this model "
                 f"({e}); fix: {_FIX}"
             ) from None
-    device = next(iter(method.state_dict().values()), torch.empty(0)).device
-    own = method.state_dict()
+    own = trainable_state_dict(method)
+    device = next(iter(own.values()), torch.empty(0)).device
     ema_state = {k: ema_sd[k].to(device=device, dtype=own[k].dtype) for k in own}
     return {
         "step": state["step"],

@@ -22,7 +22,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_run_info(run_dir: str | Path, cfg, data_shape: tuple[int, int, int]) -> None:
+def write_run_info(
+    run_dir: str | Path,
+    cfg,
+    data_shape: tuple[int, int, int],
+    param_groups: list[dict] | None = None,
+) -> None:
     from diffrep import __version__
     from diffrep.config import dump_config
 
@@ -36,6 +41,8 @@ def write_run_info(run_dir: str | Path, cfg, data_shape: tuple[int, int, int]) -
         "dataset": cfg.data.name,
         "version": __version__,
     }
+    if param_groups is not None:  # [{"name", "n_params", "lr_scale"}] (diffrep.train)
+        info["param_groups"] = param_groups
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
 
 
@@ -84,7 +91,7 @@ def train_from_config(
     """
     from diffrep.checkpoint import has_checkpoint
     from diffrep.methods import build_method
-    from diffrep.train import seed_everything, train
+    from diffrep.train import describe_param_groups, param_groups, seed_everything, train
 
     out = Path(out)
     has_ckpt = has_checkpoint(out / "checkpoint")
@@ -99,12 +106,20 @@ def train_from_config(
     seed_everything(cfg.train.seed)  # reproducible initial weights
     method = build_method(cfg.method_name, data.shape, **cfg.method_args)
     if int(os.environ.get("RANK", "0")) == 0:
-        write_run_info(out, cfg, data.shape)
+        groups = describe_param_groups(param_groups(method))
+        write_run_info(out, cfg, data.shape, param_groups=groups)
         n_params = sum(p.numel() for p in method.parameters())
         log(
             f"training {cfg.method_name} ({n_params / 1e6:.2f}M parameters) on {d.name} "
             f"{d.train_split} ({len(data)} images {tuple(data.shape)}) -> {out}"
         )
+        n_trained = sum(g["n_params"] for g in groups)
+        if len(groups) > 1 or n_trained != n_params:
+            log(
+                "parameter groups: "
+                + ", ".join(f"{g['name']} {g['n_params']} x lr {g['lr_scale']:g}" for g in groups)
+                + f"; frozen: {n_params - n_trained}"
+            )
     return train(method, data, out, cfg.train, resume=resume, **train_kwargs)
 
 

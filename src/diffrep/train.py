@@ -61,6 +61,7 @@ from diffrep.checkpoint import (
     save_checkpoint,
 )
 from diffrep.errors import UserError
+from diffrep.nets.freeze import apply_frozen, frozen_modules, trainable_state_dict
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
 
@@ -182,7 +183,8 @@ class EMA:
     initial weights, with d = min(decay, (1 + n) / (10 + n)) after n updates when `warmup` is on
     (early averages are then not dominated by the random initialisation). Buffers (running
     statistics, counters, fixed tables) are copied, so the EMA state is a complete, consistent
-    state dict that `load_state_dict` accepts.
+    state dict that `load_state_dict` accepts. Frozen submodules (`diffrep.nets.freeze`) are
+    left out: their weights never change, and checkpoints do not store them.
     """
 
     def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
@@ -191,7 +193,7 @@ class EMA:
         self.num_updates = 0
         # remove_duplicate=False: every name of a tied parameter is averaged, not copied.
         self.param_names = {n for n, _ in module.named_parameters(remove_duplicate=False)}
-        self.state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.state = {k: v.detach().clone() for k, v in trainable_state_dict(module).items()}
 
     def current_decay(self) -> float:
         if self.warmup:
@@ -202,7 +204,9 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         d = self.current_decay()
         for k, v in module.state_dict().items():
-            e = self.state[k]
+            e = self.state.get(k)
+            if e is None:  # a frozen submodule's
+                continue
             if k in self.param_names and e.is_floating_point():
                 e.lerp_(v.detach().to(e.dtype), 1.0 - d)  # e + (1-d)(v - e) = d e + (1-d) v
             else:
@@ -378,6 +382,314 @@ _TRAJECTORY_KEYS = (
 )
 
 
+# --------------------------------------------------------------------------- optimizer
+
+
+def param_groups(method: nn.Module) -> list[dict[str, Any]]:
+    """The method's parameter groups, checked: [{"name", "params", "lr_scale"}].
+
+    `method.param_groups()` when it has one (`diffrep.methods.base.Method`), else one group
+    "all". Parameters of frozen submodules or with requires_grad False are left out; every
+    other parameter must be in exactly one group; groups left empty are dropped.
+    """
+    fixed = {id(p) for m in frozen_modules(method).values() for p in m.parameters()}
+    trainable = [p for p in method.parameters() if p.requires_grad and id(p) not in fixed]
+    if hasattr(method, "param_groups"):
+        raw = method.param_groups()
+    else:
+        raw = [{"name": "all", "params": trainable, "lr_scale": 1.0}]
+    names = {id(p): n for n, p in method.named_parameters()}
+    seen: set[int] = set()
+    groups = []
+    for i, g in enumerate(raw):
+        name = str(g.get("name", f"group{i}"))
+        scale = float(g.get("lr_scale", 1.0))
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"parameter group {name!r}: lr_scale must be >= 0, got {scale}")
+        params = [p for p in g["params"] if p.requires_grad and id(p) not in fixed]
+        twice = [names.get(id(p), "?") for p in params if id(p) in seen]
+        if twice:
+            raise ValueError(f"parameters {twice[:3]} are in more than one parameter group")
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"name": name, "params": params, "lr_scale": scale})
+    left_out = [names.get(id(p), "?") for p in trainable if id(p) not in seen]
+    if left_out:
+        raise ValueError(
+            f"{type(method).__name__}.param_groups() leaves out trainable parameters "
+            f"{left_out[:5]}; put them in a group (lr_scale 0 keeps them fixed) or freeze them"
+        )
+    if not groups:
+        raise UserError(f"{type(method).__name__} has no trainable parameters")
+    if len({g["name"] for g in groups}) != len(groups):
+        raise ValueError(f"parameter group names repeat: {[g['name'] for g in groups]}")
+    return groups
+
+
+def describe_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{"name", "n_params" (scalars), "lr_scale"}] of parameter groups (for run records)."""
+    return [
+        {
+            "name": g["name"],
+            "n_params": sum(p.numel() for p in g["params"]),
+            "lr_scale": g["lr_scale"],
+        }
+        for g in groups
+    ]
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the groups; each group keeps its "name" and "lr_scale" (see `set_lr`)."""
+    return torch.optim.AdamW(
+        [dict(g) for g in groups],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Each group's learning rate = the scheduled `lr` * the group's lr_scale."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+# --------------------------------------------------------------------------- one training call
+
+
+@dataclass(eq=False)
+class _Run:
+    """What one `train` call builds once (setup) and the loop, the checkpoints and the
+    evaluations share. `step` and `train_time` move; the rest is fixed after setup."""
+
+    cfg: TrainConfig
+    method: nn.Module
+    data: Any
+    out_dir: Path
+    info: Any  # dist_utils.DistInfo
+    device: torch.device
+    rank: int
+    opt: torch.optim.Optimizer
+    groups: list[dict[str, Any]]
+    ema: EMA | None
+    stream: _BatchStream
+    step: int = 0
+    time_before: float = 0.0  # training seconds spent by earlier calls (a resumed run)
+    # Training seconds so far, averaged over ranks in the per-step collective so every rank
+    # sees the same value: the learning rate and the time-budget stop must agree across ranks.
+    train_time: float = 0.0
+    model: nn.Module | None = None  # the loss module (DDP-wrapped when distributed)
+    logger: _Logger | None = None
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoint"
+
+    @property
+    def budget_s(self) -> float:
+        return 60.0 * self.cfg.max_minutes
+
+
+def _check_run_dir(out_dir: Path, resume: bool) -> None:
+    ckpt_dir = out_dir / "checkpoint"
+    if resume and not has_checkpoint(ckpt_dir):
+        raise UserError(f"nothing to resume: {ckpt_dir} holds no checkpoint; fix: drop --resume")
+    if not resume and has_checkpoint(ckpt_dir):
+        raise UserError(
+            f"{out_dir} already holds a checkpoint; fix: pass --resume to continue it, or train "
+            "into a new directory"
+        )
+
+
+def _setup(
+    method: nn.Module, data: Any, out_dir: Path, cfg: TrainConfig, info, device, rank: int
+) -> _Run:
+    """Device, frozen parts, optimizer, EMA, data order and the loss's RNG of a fresh run."""
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    apply_frozen(method)  # before the groups: frozen parameters never reach the optimizer
+    method.to(device).train()
+    groups = param_groups(method)
+    opt = build_optimizer(groups, cfg)
+    ema = EMA(method, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
+    stream = _BatchStream(len(data), seed=cfg.seed ^ 0x5DEECE66D)  # differs from torch's seed
+    seed_everything(cfg.seed + rank)  # the loss's noise differs across ranks
+    return _Run(cfg, method, data, out_dir, info, device, rank, opt, groups, ema, stream)
+
+
+def _resume(run: _Run) -> None:
+    """Restore weights, optimizer, EMA, data order, RNG states and time spent from the
+    checkpoint; warn when options that shape the trajectory changed."""
+    cfg, info = run.cfg, run.info
+    ckpt = load_checkpoint(run.ckpt_dir, run.method, run.opt)
+    # The saved groups' settings replace the current ones on load: the method's own win.
+    for g, want in zip(run.opt.param_groups, run.groups):
+        g["name"], g["lr_scale"] = want["name"], want["lr_scale"]
+    run.step = int(ckpt["step"])
+    extra = ckpt["extra"]
+    if run.ema is not None:
+        run.ema.state = ckpt["ema_state"]
+        run.ema.num_updates = int(extra.get("ema_num_updates", run.step))
+    run.stream.load_state_dict(extra["data"])
+    run.time_before = float(extra.get("train_time_s", 0.0))
+    rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+    if len(rngs) == info.world_size:
+        restore_rng_state(rngs[run.rank])
+    else:  # a different process count: exact continuation is impossible anyway
+        seed_everything(cfg.seed + run.rank + 7919 * run.step)
+    old = extra.get("train_config", {})
+    changed = [
+        k for k in _TRAJECTORY_KEYS if k in old and _jsonable(old[k]) != _jsonable(getattr(cfg, k))
+    ]
+    if changed and info.is_main:
+        warnings.warn(
+            f"resuming with changed train options {changed}: training continues but "
+            "differs from an uninterrupted run",
+            stacklevel=3,
+        )
+
+
+@dataclass
+class _StepResult:
+    lr: float
+    terms: dict[str, torch.Tensor]
+    loss: float  # mean over all ranks
+    grad_norm: float
+    stop_requested: bool  # a signal reached some rank
+
+
+def _train_step(run: _Run, stop: _StopSignals, autocast, t_start: float) -> _StepResult:
+    """One optimizer step: hook, lr, batch, loss, backward, clip, sync, step, EMA."""
+    from diffrep.data import make_batch
+
+    cfg, info, step = run.cfg, run.info, run.step
+    if hasattr(run.method, "on_step"):
+        run.method.on_step(step, cfg.steps)  # before the loss: annealing (a function of step)
+    lr = lr_at(step, cfg, run.train_time / run.budget_s if run.budget_s else 0.0)
+    set_lr(run.opt, lr)
+    local_bs = cfg.batch_size // info.world_size
+    idx = run.stream.next(cfg.batch_size)[run.rank * local_bs : (run.rank + 1) * local_bs].numpy()
+    labels = getattr(run.data, "labels", None)
+    batch = make_batch(
+        run.data.images[idx], None if labels is None else labels[idx], device=run.device
+    )
+    with autocast:
+        terms = run.model(batch)
+    loss = terms["loss"].float().mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    params = [p for g in run.opt.param_groups for p in g["params"]]  # frozen ones are not here
+    gnorm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    # One collective per step: the mean loss, the grad norm (equal on all ranks after DDP's
+    # all-reduce), the stop flag and the training time, so every rank takes the same learning
+    # rate and stops at the same step.
+    flag = 1.0 if stop.requested else 0.0
+    now_s = run.time_before + time.perf_counter() - t_start
+    sync = torch.tensor(
+        [loss.item(), gnorm.item(), flag, now_s], dtype=torch.float64, device=run.device
+    )
+    sync = dist_utils.all_reduce_sum(sync, info).cpu()
+    loss_val = sync[0].item() / info.world_size
+    gnorm_val = sync[1].item() / info.world_size
+    run.train_time = sync[3].item() / info.world_size
+    if not math.isfinite(loss_val) or not math.isfinite(gnorm_val):
+        what = "loss" if not math.isfinite(loss_val) else "gradient norm"
+        raise UserError(
+            f"the {what} became {loss_val if what == 'loss' else gnorm_val} at step "
+            f"{step + 1} (lr {lr:.3g}); fix: lower train.lr, raise train.warmup or "
+            f"set train.grad_clip, and check the data for NaN/inf; the last good "
+            f"checkpoint in {run.ckpt_dir} was not touched"
+        )
+    run.opt.step()
+    if run.ema is not None:
+        run.ema.update(run.method)
+    run.step += 1
+    return _StepResult(lr, terms, loss_val, gnorm_val, sync[2].item() > 0)
+
+
+class _Window:
+    """The mean of every loss term and the grad norm over the steps since the last log row."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n, self.gnorm_sum, self.t0 = 0, 0.0, time.perf_counter()
+
+    def add(self, r: _StepResult) -> None:
+        for k, v in r.terms.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point():
+                acc = self.sums.get(k)
+                m = v.detach().float().mean()
+                self.sums[k] = m if acc is None else acc + m
+        self.n += 1
+        self.gnorm_sum += r.grad_norm
+
+    def row(self, step: int, lr: float, info) -> dict[str, Any]:
+        """The log row (terms averaged over ranks too); starts a new window."""
+        keys = sorted(self.sums)
+        vals = torch.stack([self.sums[k] for k in keys]) / self.n
+        vals = (dist_utils.all_reduce_sum(vals, info) / info.world_size).tolist()
+        now = time.perf_counter()
+        row = {
+            "step": step,
+            "lr": lr,
+            **dict(zip(keys, vals)),
+            "grad_norm": self.gnorm_sum / self.n,
+            "steps_per_s": self.n / max(now - self.t0, 1e-9),
+        }
+        self.sums, self.n, self.gnorm_sum, self.t0 = {}, 0, 0.0, now
+        return row
+
+
+def _checkpoint(run: _Run) -> None:
+    """Save a checkpoint at the current step (rank 0 writes; every rank's RNG state goes in)."""
+    rng = dist_utils.gather_objects(capture_rng_state(), run.info)
+    if run.info.is_main:
+        ema = run.ema
+        extra = {
+            "data": run.stream.state_dict(),
+            "ema_num_updates": ema.num_updates if ema is not None else 0,
+            "train_config": _jsonable(asdict(run.cfg)),
+            "world_size": run.info.world_size,
+            "train_time_s": run.train_time,
+            "param_groups": describe_param_groups(run.groups),
+        }
+        save_checkpoint(
+            run.ckpt_dir,
+            run.method,
+            ema.state if ema else None,
+            run.opt,
+            run.step,
+            extra,
+            rng_state=rng,
+        )
+    dist_utils.barrier(run.info)
+
+
+def _evaluate(run: _Run, eval_hook: Callable[[nn.Module, int], dict]) -> dict:
+    """Run `eval_hook` on the EMA weights (rank 0), leaving the training RNG stream untouched."""
+    result: dict = {}
+    method = run.method
+    if run.info.is_main:
+        rng = capture_rng_state()
+        raw = {k: v.detach().clone() for k, v in trainable_state_dict(method).items()}
+        strict = not frozen_modules(method)  # frozen submodules are not in these state dicts
+        if run.ema is not None:
+            method.load_state_dict(run.ema.state, strict=strict)
+        method.eval()
+        try:
+            with torch.no_grad():
+                result = dict(eval_hook(method, run.step) or {})
+        finally:
+            method.load_state_dict(raw, strict=strict)
+            method.train()
+            restore_rng_state(rng)
+        run.logger.write({"step": run.step, "eval": result})
+    dist_utils.barrier(run.info)
+    return result
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -403,6 +715,10 @@ def train(
         progress: tqdm bar; None shows it only when stderr is a terminal.
         callback: `callback(step, {"loss": ..., "lr": ...})` after every step (all ranks).
 
+    The method's hooks: `param_groups()` (AdamW groups; each group's lr is the scheduled lr
+    times its lr_scale) and `on_step(step, total_steps)` before each step's loss. Frozen
+    submodules (`diffrep.nets.freeze`) are not trained, averaged, clipped or checkpointed.
+
     Returns {"step", "loss", <mean loss terms of the last log window>, "grad_norm", "lr",
     "steps_per_s", "time_s", "interrupted" (a signal stopped the run), "out_of_time" (the
     `max_minutes` budget ended it), "train_time_s" (including earlier calls when resumed),
@@ -413,232 +729,89 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    from diffrep.data import make_batch
-
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoint"
     rank, local_rank, world = dist_utils.detect()
     device = resolve_device(cfg.device, local_rank)
     _check_data(method, data, cfg, world)
-    if resume and not has_checkpoint(ckpt_dir):
-        raise UserError(f"nothing to resume: {ckpt_dir} holds no checkpoint; fix: drop --resume")
-    if not resume and has_checkpoint(ckpt_dir):
-        raise UserError(
-            f"{out_dir} already holds a checkpoint; fix: pass --resume to continue it, or train "
-            "into a new directory"
-        )
+    _check_run_dir(out_dir, resume)
 
     info = dist_utils.setup(device)
-    logger = None
+    run: _Run | None = None
     try:
-        if info.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        method.to(device).train()
-        params = [p for p in method.parameters() if p.requires_grad]
-        if not params:
-            raise UserError(f"{type(method).__name__} has no trainable parameters")
-        opt = torch.optim.AdamW(
-            params,
-            lr=cfg.lr,
-            betas=tuple(cfg.betas),
-            eps=cfg.adam_eps,
-            weight_decay=cfg.weight_decay,
-        )
-        ema = EMA(method, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
-        stream = _BatchStream(len(data), seed=cfg.seed ^ 0x5DEECE66D)  # differs from torch's seed
-        seed_everything(cfg.seed + rank)  # the loss's noise differs across ranks
-        step = 0
-        time_before = 0.0  # training seconds spent by earlier calls (a resumed run)
-        last_eval: dict | None = None
+        run = _setup(method, data, out_dir, cfg, info, device, rank)
         if resume:
-            ckpt = load_checkpoint(ckpt_dir, method, opt)
-            step = int(ckpt["step"])
-            extra = ckpt["extra"]
-            if ema is not None:
-                ema.state = ckpt["ema_state"]
-                ema.num_updates = int(extra.get("ema_num_updates", step))
-            stream.load_state_dict(extra["data"])
-            time_before = float(extra.get("train_time_s", 0.0))
-            rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-            if len(rngs) == info.world_size:
-                restore_rng_state(rngs[rank])
-            else:  # a different process count: exact continuation is impossible anyway
-                seed_everything(cfg.seed + rank + 7919 * step)
-            old = extra.get("train_config", {})
-            changed = [
-                k
-                for k in _TRAJECTORY_KEYS
-                if k in old and _jsonable(old[k]) != _jsonable(getattr(cfg, k))
-            ]
-            if changed and info.is_main:
-                warnings.warn(
-                    f"resuming with changed train options {changed}: training continues but "
-                    "differs from an uninterrupted run",
-                    stacklevel=2,
-                )
-        if cfg.max_minutes and time_before >= 60.0 * cfg.max_minutes:
+            _resume(run)
+        if cfg.max_minutes and run.time_before >= run.budget_s:
             raise UserError(
-                f"{out_dir} has already trained {time_before / 60:.1f} minutes, the whole "
+                f"{out_dir} has already trained {run.time_before / 60:.1f} minutes, the whole "
                 f"train.max_minutes={cfg.max_minutes:g} budget; fix: raise train.max_minutes "
                 "(or set it to 0) to train further"
             )
-        logger = _Logger(out_dir, info.is_main, step if resume else None, cfg.tensorboard)
-        model = dist_utils.wrap(method, info, device, cfg.find_unused_parameters)
-        local_bs = cfg.batch_size // info.world_size
-        labels = getattr(data, "labels", None)
-
-        def checkpoint(at: int) -> None:
-            rng = dist_utils.gather_objects(capture_rng_state(), info)
-            if info.is_main:
-                extra = {
-                    "data": stream.state_dict(),
-                    "ema_num_updates": ema.num_updates if ema is not None else 0,
-                    "train_config": _jsonable(asdict(cfg)),
-                    "world_size": info.world_size,
-                    "train_time_s": train_time,
-                }
-                save_checkpoint(
-                    ckpt_dir, method, ema.state if ema else None, opt, at, extra, rng_state=rng
-                )
-            dist_utils.barrier(info)
-
-        def evaluate(at: int) -> dict:
-            # Evaluate the EMA weights; keep the RNG stream of training untouched.
-            result: dict = {}
-            if info.is_main:
-                rng = capture_rng_state()
-                raw = {k: v.detach().clone() for k, v in method.state_dict().items()}
-                if ema is not None:
-                    method.load_state_dict(ema.state)
-                method.eval()
-                try:
-                    with torch.no_grad():
-                        result = dict(eval_hook(method, at) or {})
-                finally:
-                    method.load_state_dict(raw)
-                    method.train()
-                    restore_rng_state(rng)
-                logger.write({"step": at, "eval": result})
-            dist_utils.barrier(info)
-            return result
+        run.logger = _Logger(out_dir, info.is_main, run.step if resume else None, cfg.tensorboard)
+        run.model = dist_utils.wrap(method, info, device, cfg.find_unused_parameters)
 
         use_bar = (sys.stderr.isatty() if progress is None else progress) and info.is_main
         bar = tqdm(
-            total=cfg.steps, initial=step, desc="train", disable=not use_bar, dynamic_ncols=True
+            total=cfg.steps, initial=run.step, desc="train", disable=not use_bar, dynamic_ncols=True
         )
-        window: dict[str, torch.Tensor] = {}
-        window_n, gnorm_sum = 0, 0.0
-        t_window, t_start, start_step = time.perf_counter(), time.perf_counter(), step
+        window = _Window()
+        t_start, start_step = time.perf_counter(), run.step
+        run.train_time = run.time_before
         summary: dict[str, Any] = {}
+        last_eval: dict | None = None
         interrupted = False
-        budget_s = 60.0 * cfg.max_minutes
-        # Training seconds so far, averaged over ranks in the per-step collective so every rank
-        # sees the same value: the learning rate and the time-budget stop must agree across ranks.
-        train_time = time_before
         autocast = torch.autocast(
             device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"
         )
         with _StopSignals() as stop:
-            while step < cfg.steps:
-                lr = lr_at(step, cfg, train_time / budget_s if budget_s else 0.0)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                idx = stream.next(cfg.batch_size)[rank * local_bs : (rank + 1) * local_bs].numpy()
-                batch = make_batch(
-                    data.images[idx], None if labels is None else labels[idx], device=device
-                )
-                with autocast:
-                    terms = model(batch)
-                loss = terms["loss"].float().mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                gnorm = torch.nn.utils.clip_grad_norm_(method.parameters(), max_norm)
-                # One collective per step: the mean loss, the grad norm (equal on all ranks after
-                # DDP's all-reduce), the stop flag and the training time, so every rank takes
-                # the same learning rate and stops at the same step.
-                flag = 1.0 if stop.requested else 0.0
-                now_s = time_before + time.perf_counter() - t_start
-                sync = torch.tensor(
-                    [loss.item(), gnorm.item(), flag, now_s], dtype=torch.float64, device=device
-                )
-                sync = dist_utils.all_reduce_sum(sync, info).cpu()
-                loss_val = sync[0].item() / info.world_size
-                gnorm_val = sync[1].item() / info.world_size
-                train_time = sync[3].item() / info.world_size
-                if not math.isfinite(loss_val) or not math.isfinite(gnorm_val):
-                    what = "loss" if not math.isfinite(loss_val) else "gradient norm"
-                    raise UserError(
-                        f"the {what} became {loss_val if what == 'loss' else gnorm_val} at step "
-                        f"{step + 1} (lr {lr:.3g}); fix: lower train.lr, raise train.warmup or "
-                        f"set train.grad_clip, and check the data for NaN/inf; the last good "
-                        f"checkpoint in {ckpt_dir} was not touched"
-                    )
-                opt.step()
-                if ema is not None:
-                    ema.update(method)
-                step += 1
-                for k, v in terms.items():
-                    if isinstance(v, torch.Tensor) and v.is_floating_point():
-                        acc = window.get(k)
-                        m = v.detach().float().mean()
-                        window[k] = m if acc is None else acc + m
-                window_n += 1
-                gnorm_sum += gnorm_val
+            while run.step < cfg.steps:
+                r = _train_step(run, stop, autocast, t_start)
+                step = run.step
+                window.add(r)
                 bar.update(1)
                 if use_bar and (step % 10 == 0 or step == cfg.steps):
-                    bar.set_postfix(loss=f"{loss_val:.4g}", refresh=False)
+                    bar.set_postfix(loss=f"{r.loss:.4g}", refresh=False)
                 if callback is not None:
-                    callback(step, {"loss": loss_val, "lr": lr, "grad_norm": gnorm_val})
-                stopping = sync[2].item() > 0
-                out_of_time = budget_s > 0 and train_time >= budget_s
-                last = step == cfg.steps or stopping or out_of_time
+                    callback(step, {"loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm})
+                out_of_time = run.budget_s > 0 and run.train_time >= run.budget_s
+                last = step == cfg.steps or r.stop_requested or out_of_time
                 if step % cfg.log_every == 0 or last:
-                    keys = sorted(window)
-                    vals = torch.stack([window[k] for k in keys]) / window_n
-                    vals = (dist_utils.all_reduce_sum(vals, info) / info.world_size).tolist()
-                    now = time.perf_counter()
-                    summary = {
-                        "step": step,
-                        "lr": lr,
-                        **dict(zip(keys, vals)),
-                        "grad_norm": gnorm_sum / window_n,
-                        "steps_per_s": window_n / max(now - t_window, 1e-9),
-                    }
-                    logger.write(summary)
-                    window, window_n, gnorm_sum, t_window = {}, 0, 0.0, now
+                    summary = window.row(step, r.lr, info)
+                    run.logger.write(summary)
                 if eval_hook is not None and (
-                    (cfg.eval_every and step % cfg.eval_every == 0) or (last and not stopping)
+                    (cfg.eval_every and step % cfg.eval_every == 0)
+                    or (last and not r.stop_requested)
                 ):
-                    last_eval = evaluate(step)
+                    last_eval = _evaluate(run, eval_hook)
                 if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or last:
-                    checkpoint(step)
-                if stopping:
+                    _checkpoint(run)
+                if r.stop_requested:
                     interrupted = True
                     break
                 if out_of_time:
                     break
         bar.close()
         elapsed = time.perf_counter() - t_start
+        step = run.step
         summary = dict(summary) if summary else {"step": step}
         summary.update(
             step=step,
             interrupted=interrupted,
-            out_of_time=budget_s > 0 and train_time >= budget_s and not interrupted,
-            train_time_s=train_time,
+            out_of_time=run.budget_s > 0 and run.train_time >= run.budget_s and not interrupted,
+            train_time_s=run.train_time,
             time_s=elapsed,
             steps_per_s=(step - start_step) / max(elapsed, 1e-9) if step > start_step else 0.0,
         )
         if interrupted and info.is_main:
             print(
                 f"stopped by {stop.requested} after step {step}; checkpoint written to "
-                f"{ckpt_dir}; continue with --resume",
+                f"{run.ckpt_dir}; continue with --resume",
                 file=sys.stderr,
             )
         if last_eval is not None:
             summary["eval"] = last_eval
         return summary
     finally:
-        if logger is not None:
-            logger.close()
+        if run is not None and run.logger is not None:
+            run.logger.close()
         dist_utils.teardown(info)

@@ -5,12 +5,17 @@ A method is an `nn.Module` that owns its parts (encoder, networks, schedule, pri
 - `loss(batch) -> dict[str, Tensor[B]]`: per-example terms in nats; the training objective is
   under "loss". The trainer knows nothing else about a method.
 - `encode(x0) -> Tensor[B, Z]`: the representation (the posterior mean for variational methods).
+- trainer hooks, both optional: `param_groups()` (parameter groups with learning-rate scales)
+  and `on_step(step, total_steps)` (annealing, called before each step's loss).
 - where they apply: `reconstruct(x0)`, `sample(n, generator=None)`, `elbo(x0)`,
   `posterior(x0) -> (mean, logvar)` for methods with a Gaussian encoder.
 
 `elbo(x0)` returns named per-example terms in nats whose "total" is the negative ELBO of the
 *discrete* 8-bit data (an upper bound on -log P(x) in nats) when `bound_is_valid` is True;
 evaluation divides it by D ln 2 to get bits per dim (see `diffrep.data.bits_per_dim`).
+
+Submodules whose class has `frozen = True` (a pre-trained model the method composes) stay in
+eval mode and are neither trained nor checkpointed (`diffrep.nets.freeze`).
 
 Images inside methods are in model space: float32 in (-1, 1) with centred 8-bit bins,
 x0 = (2 k + 1) / 256 - 1 for k in {0..255} (`diffrep.data.to_model_input`).
@@ -23,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffrep.nets.freeze import frozen_modules
 from diffrep.registry import Registry
 
 Batch = dict[str, torch.Tensor]  # {"x0": [B, C, H, W] model space, "y": [B] int64 (-1: no label)}
@@ -56,6 +62,30 @@ class Method(nn.Module):
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    # -------------------------------------------------------------- trainer hooks
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: [{"name": str, "params": [...], "lr_scale": float}].
+
+        Each group's learning rate is the scheduled lr times its `lr_scale`. Every trainable
+        parameter must be in exactly one group (parameters with requires_grad False, e.g. of
+        frozen submodules, are left out by the trainer). Default: one group "all".
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"name": "all", "params": params, "lr_scale": 1.0}]
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before the loss of optimizer step `step` (0-based) of
+        `total_steps` (train.steps), e.g. for annealing. Must be a pure function of `step`
+        (no state carried across calls, no RNG use) so a resumed run stays bit-exact."""
+
+    def train(self, mode: bool = True) -> Method:
+        # Frozen submodules stay in eval mode (dropout off, statistics fixed) while training.
+        super().train(mode)
+        for m in frozen_modules(self).values():
+            m.eval()
+        return self
 
     def encode(self, x0: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
