@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
-EXTRAS ?= dev,flow,metrics
+EXTRAS ?= dev,flow,metrics,diffusers
 
 .PHONY: install demo test lint clean
 

@@ -1,7 +1,9 @@
 """Run directories: what `diffrep train` writes and every other command reads.
 
 RUN_DIR/config.yaml   the resolved config
-RUN_DIR/run.json      method name and arguments, data shape, dataset, diffrep version
+RUN_DIR/run.json      method name and arguments, data shape, dataset, diffrep version, and the
+                      frozen bases the method uses ("dependencies": spec, path, sha256; see
+                      `diffrep.frozen`), checked whenever the run is rebuilt
 RUN_DIR/checkpoint/   weights (safetensors), EMA weights, trainer state
 """
 
@@ -27,7 +29,9 @@ def write_run_info(
     cfg,
     data_shape: tuple[int, int, int],
     param_groups: list[dict] | None = None,
+    dependencies: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Write config.yaml and run.json; `dependencies`: `diffrep.frozen.dependencies(method)`."""
     from diffrep import __version__
     from diffrep.config import dump_config
 
@@ -43,6 +47,8 @@ def write_run_info(
     }
     if param_groups is not None:  # [{"name", "n_params", "lr_scale"}] (diffrep.train)
         info["param_groups"] = param_groups
+    if dependencies:
+        info["dependencies"] = dependencies
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
 
 
@@ -68,15 +74,21 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
 
 
 def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu"):
-    """Rebuild the trained method of a run directory: returns (method, config)."""
+    """Rebuild the trained method of a run directory: returns (method, config).
+
+    Frozen bases the run depends on are loaded from their recorded paths and must still have
+    their recorded sha256 (else a UserError naming the base).
+    """
     from diffrep.checkpoint import load_weights
     from diffrep.config import load_config
+    from diffrep.frozen import expect_dependencies
     from diffrep.methods import build_method
 
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
     cfg = load_config(run_dir / "config.yaml")
-    method = build_method(info["method"], tuple(info["data_shape"]), **cfg.method_args)
+    with expect_dependencies(info.get("dependencies"), str(run_dir)):
+        method = build_method(info["method"], tuple(info["data_shape"]), **cfg.method_args)
     load_weights(run_dir / "checkpoint", method, ema=ema)
     method.to(device).eval()
     return method, cfg
@@ -90,6 +102,7 @@ def train_from_config(
     `train_kwargs` go to `diffrep.train.train` (progress, callback, eval_hook).
     """
     from diffrep.checkpoint import has_checkpoint
+    from diffrep.frozen import dependencies, expect_dependencies
     from diffrep.methods import build_method
     from diffrep.train import describe_param_groups, param_groups, seed_everything, train
 
@@ -104,10 +117,13 @@ def train_from_config(
     d = cfg.data
     data = d.load(d.train_split)
     seed_everything(cfg.train.seed)  # reproducible initial weights
-    method = build_method(cfg.method_name, data.shape, **cfg.method_args)
+    # a resumed run continues on the very bases it started with
+    recorded = read_run_info(out).get("dependencies") if resume else None
+    with expect_dependencies(recorded, str(out)):
+        method = build_method(cfg.method_name, data.shape, **cfg.method_args)
     if int(os.environ.get("RANK", "0")) == 0:
         groups = describe_param_groups(param_groups(method))
-        write_run_info(out, cfg, data.shape, param_groups=groups)
+        write_run_info(out, cfg, data.shape, param_groups=groups, dependencies=dependencies(method))
         n_params = sum(p.numel() for p in method.parameters())
         log(
             f"training {cfg.method_name} ({n_params / 1e6:.2f}M parameters) on {d.name} "
@@ -183,7 +199,7 @@ def fit_prior_run(
     raw = cfg.to_dict()
     raw["method"] = {**raw["method"], "prior": prior, "prior_args": prior_args}
     new_cfg = config_from_dict(raw)
-    write_run_info(out, new_cfg, data.shape)
+    write_run_info(out, new_cfg, data.shape, read_run_info(run_dir).get("dependencies"))
     step = checkpoint_step(run_dir / "checkpoint")
     source = {"from_run": str(run_dir), "prior": prior, "steps": steps, "lr": lr}
     save_checkpoint(out / "checkpoint", model, None, None, step, {"two_stage": source})
