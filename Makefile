@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 EXTRAS ?= dev,flow,metrics,diffusers
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv --system-site-packages $(VENV)
@@ -22,9 +22,17 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# Benchmarks (not tests): ratios measured side by side, JSON + bench/bench.html.
+# bench-quick: under 10 minutes on 2 CPU cores; bench: the full run, about 45 minutes there.
+bench: install
+	$(PY) benchmarks/bench.py --out bench
+
+bench-quick: install
+	$(PY) benchmarks/bench.py --quick --out bench
+
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs bench .pytest_cache

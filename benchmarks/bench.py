@@ -1,0 +1,65 @@
+"""Run diffrep's benchmarks and render one page: `make bench` / `make bench-quick`.
+
+Each benchmark (train_step, sampling, eval_speed, trainer_overhead, scaling) prints its table
+and writes OUT/NAME.json in one schema (see harness.py); then OUT/bench.html shows them all with
+a plot per benchmark. The GPU is used when torch sees one, the CPU otherwise.
+
+    python benchmarks/bench.py --quick            # a few minutes on 2 CPU cores
+    python benchmarks/bench.py                    # the full run (about 45 minutes on 2 CPU cores)
+    python benchmarks/bench.py --only sampling eval_speed
+
+Passive OpenMP waiting is set before torch loads (a shared machine's busy cores otherwise make
+spinning threads slow everything down); --threads sets torch's intra-op threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BENCHMARKS = ("train_step", "sampling", "eval_speed", "trainer_overhead", "scaling")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few-minute pass")
+    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    p.add_argument("--out", default="bench", help="directory for the JSON records and bench.html")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+
+    import torch
+
+    import harness as H
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    records = []
+    for name in args.only:
+        t0 = time.perf_counter()
+        rec = importlib.import_module(f"bench_{name}").run(args.quick, device)
+        rec["time_s"] = round(time.perf_counter() - t0, 1)
+        rec["quick"] = args.quick
+        H.print_record(rec)
+        for extra in ("options",):
+            if rec.get(extra):
+                print(H.table(rec[extra]))
+        print(f"  ({rec['time_s']} s) -> {H.write_record(rec, out)}", flush=True)
+        records.append(rec)
+    H.render_html(records, out / "bench.html")
+    print(f"\nwrote {out / 'bench.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""sampling: samples/s of pixel-space diffusion against the diffusion-prior VAE (latent space) at
+equal steps, and diffrep's DDIM loop against diffusers' DDIMScheduler loop around the same network.
+
+1. Pixel vs latent: a `vdm` with the U-Net of configs/vdm-mnist.yaml (28x28) and a `vae` with a
+   `diffusion` prior (T = 200, the README's CPU setting) over a 16-dim z, both untrained (speed
+   does not depend on the weights), sampling the same number of images with ancestral steps and
+   with DDIM at the same step count. The VAE's time includes decoding z to images.
+2. Sampler overhead: the same U-Net (a `ddpm`'s, T = 1000) sampled with 50 DDIM steps by
+   `diffrep.diffusion.samplers.ddim` and by a loop around diffusers' DDIMScheduler.step: the
+   network calls are identical, so the ratio is the cost of the sampler code itself.
+
+    python benchmarks/bench_sampling.py --quick
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H  # noqa: E402
+
+VDM_UNET = {"base_channels": 16, "channel_mults": (1, 2, 4), "fourier_exponents": (6, 7, 8)}
+
+
+def run(quick: bool, device: torch.device) -> dict:
+    from diffrep.methods import build_method
+
+    rec = H.record(
+        "sampling",
+        "samples/s: pixel-space VDM vs a VAE with a latent diffusion prior at equal steps; "
+        "diffrep DDIM vs a diffusers DDIMScheduler loop around the same U-Net",
+        device,
+    )
+    n = 16 if quick else 64
+    steps = 50 if quick else 200
+    torch.manual_seed(0)
+    vdm = build_method("vdm", (1, 28, 28), unet=VDM_UNET).to(device).eval()
+    vae = build_method(
+        "vae", (1, 28, 28), latent_dim=16, width=16, prior="diffusion",
+        prior_args={"T": 200, "hidden": 128, "depth": 2},
+    ).to(device).eval()  # fmt: skip
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    for sampler in ("ancestral", "ddim"):
+        fns = {
+            "pixel vdm": lambda s=sampler: vdm.sample(n, g(), sampler=s, steps=steps),
+            "latent vae": lambda s=sampler: vae.sample(n, g(), sampler=s, steps=steps),
+        }
+        sec = H.interleaved(fns, device, reps=2 if quick else 3, warmup=0)
+        for k, v in sec.items():
+            rec["rows"].append(
+                {"compare": "pixel vs latent", "sampler": sampler, "steps": steps,
+                 "model": k, "samples_per_s": n / v}
+            )  # fmt: skip
+        rec["ratios"][f"latent / pixel samples/s ({sampler}, {steps} steps)"] = (
+            sec["pixel vdm"] / sec["latent vae"]
+        )
+        rec["targets"][f"latent / pixel samples/s ({sampler}, {steps} steps)"] = ">= 100"
+    rec.update(overhead=sampler_overhead(quick, device))
+    o = rec["overhead"]
+    rec["rows"].extend(o["rows"])
+    rec["ratios"]["diffrep DDIM / diffusers DDIM loop, samples/s"] = o["ratio"]
+    rec["notes"].append(
+        "The DDIM overhead comparison runs the same network the same number of times; a ratio "
+        "near 1 means the sampler code costs nothing next to the network."
+    )
+    return rec
+
+
+def sampler_overhead(quick: bool, device: torch.device) -> dict:
+    """diffrep.samplers.ddim vs diffusers' DDIMScheduler loop, same ddpm U-Net, 50 steps."""
+    from diffusers import DDIMScheduler
+
+    from diffrep.diffusion import samplers as S
+    from diffrep.methods import build_method
+
+    T, steps, n = 1000, 50, 8 if quick else 32
+    torch.manual_seed(0)
+    ddpm = build_method("ddpm", (1, 28, 28), T=T, unet={"base_channels": 16}).to(device).eval()
+    sched = DDIMScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        clip_sample=False, set_alpha_to_one=True, timestep_spacing="leading",
+    )  # fmt: skip
+    x_T = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
+
+    @torch.no_grad()
+    def ours():
+        return S.ddim(ddpm.eps_model, ddpm.schedule, x_T, steps)
+
+    @torch.no_grad()
+    def theirs():
+        sched.set_timesteps(steps)
+        x = x_T
+        for t in sched.timesteps:
+            # diffusers' timestep k is diffrep's latent x_{k+1}, seen by the net as (k + 1) / T
+            tt = torch.full((n,), (int(t) + 1) / T, device=device)
+            x = sched.step(ddpm.eps_model(x, tt), t, x).prev_sample
+        return x
+
+    sec = H.interleaved({"diffrep ddim": ours, "diffusers DDIMScheduler": theirs}, device,
+                        reps=3 if quick else 5)  # fmt: skip
+    rows = [
+        {"compare": "DDIM loop", "sampler": "ddim", "steps": steps, "model": k,
+         "samples_per_s": n / v}
+        for k, v in sec.items()
+    ]  # fmt: skip
+    return {"rows": rows, "ratio": sec["diffusers DDIMScheduler"] / sec["diffrep ddim"]}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="bench")
+    args = p.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    r = run(args.quick, dev)
+    H.print_record(r)
+    H.write_record(r, Path(args.out))

@@ -1,0 +1,41 @@
+"""The benchmark harness (benchmarks/harness.py): slopes, tables, records and the HTML page."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import harness as H  # noqa: E402
+
+
+def test_loglog_slope_recovers_exponents():
+    xs = [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert H.loglog_slope(xs, [3 * x**1.5 for x in xs]) == pytest.approx(1.5)
+    assert H.loglog_slope(xs, [0.2 for _ in xs]) == pytest.approx(0.0)
+
+
+def test_interleaved_times_each_function_in_alternation():
+    calls = []
+    sec = H.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                        torch.device("cpu"), reps=3, warmup=1)  # fmt: skip
+    assert calls == ["a", "b"] + ["a", "b"] * 3 and set(sec) == {"a", "b"}
+    assert all(v >= 0 for v in sec.values())
+
+
+def test_record_table_json_and_page(tmp_path):
+    rec = H.record("toy", "a vs b", torch.device("cpu"))
+    rec["rows"] = [{"impl": "a", "seconds": 1.25}, {"impl": "b", "seconds": 2.5, "extra": 3}]
+    rec["ratios"]["b / a"] = 2.0
+    rec["targets"]["b / a"] = ">= 1.3"
+    rec["plots"].append({"title": "t", "x": [1, 2], "y": {"s": [1.0, 2.0]}, "loglog": True})
+    text = H.table(rec["rows"])
+    assert text.splitlines()[0].split() == ["impl", "seconds", "extra"]
+    path = H.write_record(rec, tmp_path)
+    back = json.loads(path.read_text())
+    assert back["ratios"] == {"b / a": 2.0} and back["machine"]["threads"] >= 1
+    H.render_html([back], tmp_path / "bench.html")
+    page = (tmp_path / "bench.html").read_text()
+    assert "b / a" in page and "target &gt;= 1.3" in page and "data:image/png;base64" in page
