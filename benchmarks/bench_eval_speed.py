@@ -43,7 +43,7 @@ def features(x: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     xf = x.astype(np.float64) / 255
     side = int(np.sqrt(x.shape[1]))
     im = xf.reshape(-1, side, side)
-    blur = (im + np.roll(im, 1, 1) + np.roll(im, -1, 1) + np.roll(im, 1, 2) + np.roll(im, -1, 2))
+    blur = im + np.roll(im, 1, 1) + np.roll(im, -1, 1) + np.roll(im, 1, 2) + np.roll(im, -1, 2)
     blur = (blur / 5).reshape(len(x), -1)
     return np.maximum(xf @ w, 0), np.maximum(blur @ w, 0)
 

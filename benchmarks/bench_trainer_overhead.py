@@ -68,9 +68,9 @@ def run(quick: bool, device: torch.device) -> dict:
     for k, v in med.items():
         rec["rows"].append({"loop": k, "steps": steps, "batch": batch, "seconds": v,
                             "ms_per_step": 1000 * v / steps})  # fmt: skip
-    rec["ratios"]["trainer overhead (trainer / bare - 1)"] = med["diffrep trainer"] / med[
-        "bare loop"
-    ] - 1
+    rec["ratios"]["trainer overhead (trainer / bare - 1)"] = (
+        med["diffrep trainer"] / med["bare loop"] - 1
+    )
     rec["targets"]["trainer overhead (trainer / bare - 1)"] = "<= 0.05"
     return rec
 
