@@ -48,11 +48,36 @@ def features(x: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(xf @ w, 0), np.maximum(blur @ w, 0)
 
 
-def run(quick: bool, device: torch.device) -> dict:
+def _compare(real: np.ndarray, fake: np.ndarray, d: int, reps: int):
+    """({impl: fid}, {impl: median seconds}) for diffrep and torchmetrics on the same features."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from diffrep.eval.fid import fid_from_features
 
+    class Identity(torch.nn.Module):
+        num_features = d
+
+        def forward(self, f):
+            return f
+
+    tm = FrechetInceptionDistance(feature=Identity(), normalize=False)
+    r_t, f_t = torch.from_numpy(real), torch.from_numpy(fake)
+    values = {}
+
+    def ours():
+        values["diffrep"] = fid_from_features(real, fake)
+
+    def theirs():
+        tm.reset()
+        tm.update(r_t, real=True)
+        tm.update(f_t, real=False)
+        values["torchmetrics"] = float(tm.compute())
+
+    sec = H.interleaved({"diffrep": ours, "torchmetrics": theirs}, torch.device("cpu"), reps=reps)
+    return values, sec
+
+
+def run(quick: bool, device: torch.device) -> dict:
     rec = H.record(
         "eval_speed",
         "FID of 10k vs 10k feature vectors: diffrep.eval.fid vs torchmetrics "
@@ -62,29 +87,7 @@ def run(quick: bool, device: torch.device) -> dict:
     n = 10000
     x = images(n)
     for d in (256,) if quick else (256, 2048):
-        real, fake = features(x, d)
-
-        class Identity(torch.nn.Module):
-            num_features = d
-
-            def forward(self, f):
-                return f
-
-        tm = FrechetInceptionDistance(feature=Identity(), normalize=False)
-        r_t, f_t = torch.from_numpy(real), torch.from_numpy(fake)
-        values = {}
-
-        def ours():
-            values["diffrep"] = fid_from_features(real, fake)
-
-        def theirs():
-            tm.reset()
-            tm.update(r_t, real=True)
-            tm.update(f_t, real=False)
-            values["torchmetrics"] = float(tm.compute())
-
-        sec = H.interleaved({"diffrep": ours, "torchmetrics": theirs}, torch.device("cpu"),
-                            reps=3 if quick else 5)  # fmt: skip
+        values, sec = _compare(*features(x, d), d, reps=3 if quick else 5)
         rel = abs(values["diffrep"] - values["torchmetrics"]) / abs(values["torchmetrics"])
         for k in ("diffrep", "torchmetrics"):
             rec["rows"].append({"features": d, "images": f"{n} + {n}", "impl": k,

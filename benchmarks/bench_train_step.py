@@ -5,9 +5,10 @@ Both networks have three levels (channels c, 2c, 2c), one attention level at the
 resolution (7x7 for 28x28 inputs, 8x8 for 32x32), GroupNorm with gcd(channels, 32) groups, and
 widths chosen so the parameter counts agree within 10% at about 0.3M, 1M and 4M parameters.
 The loop is the same eps-prediction MSE step for both. Reported side by side, interleaved:
-images/s, the ratio, peak memory (peak resident set of a fresh process over its resident set before the steps, on CPU;
-max_memory_allocated on CUDA), and model FLOPs per step (torch.utils.flop_counter) over the
-machine's measured fp32 matmul rate: the fraction of the machine the step uses.
+images/s, the ratio, peak memory (on CPU the peak resident set of a fresh process over its
+resident set before the steps; max_memory_allocated on CUDA), and model FLOPs per step
+(torch.utils.flop_counter) over the machine's measured fp32 matmul rate: the fraction of the
+machine the step uses.
 Then the options that do not change the maths (channels_last, fused AdamW, bf16 autocast where
 the hardware has it, torch.compile in the full run) are timed against diffrep's default.
 
