@@ -51,8 +51,8 @@ def vae_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_vae_eval_json_and_report(vae_run):
-    from diffrep.eval import run_eval
     from diffrep.report import write_report
+    from diffrep.runs import run_eval
 
     res = run_eval(vae_run)
     on_disk = json.loads((vae_run / "eval.json").read_text())
@@ -80,7 +80,8 @@ def test_vae_eval_json_and_report(vae_run):
 
 
 def test_inception_without_weights_fails_after_writing_the_rest(vae_run):
-    from diffrep.eval import EvalConfig, run_eval
+    from diffrep.eval import EvalConfig
+    from diffrep.runs import run_eval
 
     cfg = EvalConfig(metrics=("recon", "inception"), max_eval=100, grid_images=8)
     with pytest.raises(UserError, match="inception_weights"):

@@ -164,3 +164,29 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     keep = Path(__file__).parent.parent / ".pytest_cache"  # for a look by eye
     if keep.is_dir():
         shutil.copy(shot, keep / "report_screenshot.png")
+
+
+def test_cli_compare_skips_paths_that_are_not_runs(run_dir, tmp_path, capsys):
+    # `diffrep compare runs/demo/*`: the glob also names the demo's report.html and other files
+    from diffrep.cli import main
+
+    demo = tmp_path / "demo"
+    shutil.copytree(run_dir, demo / "a")
+    shutil.copytree(run_dir, demo / "b")
+    (demo / "report.html").write_text("<html></html>")
+    (demo / "notes").mkdir()
+    paths = sorted(str(p) for p in demo.iterdir())
+    assert main(["compare", *paths]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "| metric | a | b |"
+    assert "skipped" in err and "report.html" in err and "notes" in err
+    assert main(["compare", str(demo / "report.html")]) == 2
+    assert "no run directories" in capsys.readouterr().err
+
+
+def test_compare_layouts_are_registered():
+    from diffrep.report import LAYOUTS
+
+    assert LAYOUTS.names() == ["priors", "runs"]
+    with pytest.raises(UserError, match="choose one of: priors, runs"):
+        LAYOUTS.build("table9")

@@ -34,7 +34,6 @@ import io
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffrep.atomic import fsync_dir
+from diffrep.atomic import write_bytes as atomic_write_bytes
 from diffrep.errors import UserError
 from diffrep.nets.freeze import frozen_modules, is_frozen_key, trainable_state_dict
 
@@ -52,41 +53,6 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 _FIX = "retrain (drop --resume / start a new run) or point at a different run directory"
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself lives in the directory entry: without this a power cut can lose it.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. platforms where directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` holds either the old or the new content, never
-    a mix: temp file in the same directory, flush + fsync, os.replace, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -228,7 +194,7 @@ def save_checkpoint(
     if ckpt_dir.exists():
         os.rename(ckpt_dir, old)
     os.rename(new, ckpt_dir)
-    _fsync_dir(ckpt_dir.parent)
+    fsync_dir(ckpt_dir.parent)
     shutil.rmtree(old, ignore_errors=True)
     return ckpt_dir
 

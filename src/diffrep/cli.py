@@ -24,6 +24,8 @@ EPILOG = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from diffrep.report import LAYOUTS  # stdlib only: --help stays instant
+
     p = argparse.ArgumentParser(
         prog="diffrep",
         description="Representation learning with diffusion models.",
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
 
     c = sub.add_parser("compare", help="compare evaluated runs side by side")
-    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("run_dirs", nargs="+", help="run directories (other paths are skipped)")
     c.add_argument("--csv", help="also write the table as CSV to this file")
     c.add_argument("--format", choices=["markdown", "json"], default="markdown")
     c.add_argument("--plot", help="also write a bar chart of the headline metrics (PNG)")
@@ -78,10 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--html", help="also write a comparison page with each run's samples")
     c.add_argument(
         "--layout",
-        choices=["runs", "priors"],
         default="runs",
-        help="runs: one column per run (default); priors: seed 004's Table 1 (rows priors, "
-        "columns latent sizes, cells FID / NLL) for VAE runs",
+        help="; ".join(
+            f"{name}: {LAYOUTS.get(name).__doc__.strip()}" for name in LAYOUTS.names()[::-1]
+        ),
     )
 
     d = sub.add_parser("data", help="list, describe or download datasets")
@@ -181,8 +183,7 @@ def cmd_eval(args) -> int:
     import json
 
     from diffrep.config import load_config
-    from diffrep.eval import run_eval
-    from diffrep.runs import read_run_info
+    from diffrep.runs import read_run_info, run_eval
 
     read_run_info(args.run_dir)  # a clear error for a wrong directory
     for item in args.set:
@@ -228,21 +229,19 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from diffrep.report import compare, write_comparison_report
+    from diffrep import atomic
+    from diffrep.report import LAYOUTS, split_run_dirs
 
-    if args.layout == "priors":
-        from diffrep.report import table1, write_table1_report
-
-        if args.format != "markdown" or args.csv or args.plot:
-            raise UserError("--layout priors prints markdown only; drop --format/--csv/--plot")
-        print(table1(args.run_dirs))
-        if args.html:
-            _say(f"wrote {write_table1_report(args.run_dirs, args.html)}")
-        return 0
-    text = compare(args.run_dirs, args.format, args.csv, args.plot, headline_only=not args.all)
-    print(text)
+    layout = LAYOUTS.build(args.layout)
+    run_dirs, skipped = split_run_dirs(args.run_dirs)
+    for path, why in skipped:
+        _say(f"note: skipped {path}: {why}")
+    if not run_dirs:
+        raise UserError("no run directories among the paths; pass `diffrep train --out` folders")
+    print(layout.text(run_dirs, args.format, args.csv, args.plot, headline_only=not args.all))
     if args.html:
-        _say(f"wrote {write_comparison_report(args.run_dirs, args.html)}")
+        atomic.write_text(args.html, layout.html(run_dirs))
+        _say(f"wrote {args.html}")
     return 0
 
 

@@ -40,9 +40,8 @@ def demo_config(prior: str, steps: int, device: str | None):
 
 def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | None = None) -> Path:
     from diffrep.checkpoint import has_checkpoint
-    from diffrep.eval import run_eval
     from diffrep.report import compare, write_comparison_report, write_report
-    from diffrep.runs import train_from_config
+    from diffrep.runs import run_eval, train_from_config
 
     out = Path(out)
     run_dirs = []

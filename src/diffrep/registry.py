@@ -1,8 +1,9 @@
 """Name -> constructor registries (methods, datasets, schedules, priors, ...).
 
 A registry replaces if/elif ladders on names and dotted-string class lookup: each component
-registers itself with one decorator line, and the config layer validates constructor arguments
-against the registered signature (defaults live in signatures, not in config files).
+registers itself with one decorator line, and `build` validates constructor arguments
+against the registered signature (`diffrep.validate.check_kwargs`; defaults live in
+signatures, not in config files).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from diffrep.errors import UserError
+from diffrep.validate import check_kwargs
 
 T = TypeVar("T")
 
@@ -40,8 +42,6 @@ class Registry(Generic[T]):
 
     def build(self, name: str, /, *args: Any, **kwargs: Any) -> T:
         """Construct `name` after checking `kwargs` against its signature (clear errors)."""
-        from diffrep.config import check_kwargs
-
         ctor = self.get(name)
         check_kwargs(ctor, kwargs, where=f"{self.kind} {name!r}")
         return ctor(*args, **kwargs)

@@ -25,7 +25,9 @@ import json
 import math
 from pathlib import Path
 
+from diffrep import atomic, jsonutil
 from diffrep.errors import UserError
+from diffrep.registry import Registry
 
 #: Metrics shown first, in this order, in the report and in `compare`; others follow, sorted.
 HEADLINE = (
@@ -54,18 +56,10 @@ HEADLINE = (
 _SKIP = ("eval_config", "seconds", "figures", "capabilities", "errors", "method", "dataset")
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists are dropped (per-dimension detail lives in figures)."""
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if not prefix and k in _SKIP:
-            continue
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        elif not isinstance(v, list):
-            out[key] = v
-    return out
+def flatten(d: dict) -> dict[str, object]:
+    """eval.json as table rows: {"a": {"b": 1}} -> {"a.b": 1}, without the bookkeeping keys
+    (_SKIP) and lists (per-dimension detail lives in figures); see `diffrep.jsonutil.flatten`."""
+    return jsonutil.flatten({k: v for k, v in d.items() if k not in _SKIP})
 
 
 def ordered_keys(keys) -> list[str]:
@@ -229,14 +223,27 @@ def render_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN_DIR/report.html (or `out`); returns its path."""
-    from diffrep.runs import atomic_write_text
-
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
-    atomic_write_text(path, render_report(run_dir))
+    atomic.write_text(path, render_report(run_dir))
     return path
 
 
 # --------------------------------------------------------------------------- compare
+
+
+def split_run_dirs(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(run directories, [(skipped path, why)]): a shell glob such as `runs/demo/*` also names
+    files (the demo's report.html) and folders that are not runs; those are left out, with a
+    reason, instead of failing the comparison. A run directory is one with a run.json."""
+    runs, skipped = [], []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            skipped.append((p, "not a directory" if p.exists() else "does not exist"))
+        elif not (p / "run.json").is_file():
+            skipped.append((p, "not a run directory (no run.json)"))
+        else:
+            runs.append(p)
+    return runs, skipped
 
 
 def _load_evals(run_dirs) -> list[tuple[str, dict, dict]]:
@@ -300,7 +307,7 @@ def compare(
         w = csv.DictWriter(buf, fieldnames=cols)
         w.writeheader()
         w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in rows])
-        Path(csv_path).write_text(buf.getvalue())
+        atomic.write_text(csv_path, buf.getvalue())
     if plot_path is not None:
         from diffrep.eval.plots import grouped_bars
 
@@ -310,7 +317,7 @@ def compare(
             if k in cols
         }
         table = {k: v for k, v in table.items() if v}
-        Path(plot_path).write_bytes(grouped_bars(table, "diffrep compare"))
+        atomic.write_bytes(plot_path, grouped_bars(table, "diffrep compare"))
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if headline_only:
@@ -386,9 +393,7 @@ def write_comparison_report(
     run_dirs, out: str | Path, title: str = "diffrep comparison", figures=("samples",)
 ) -> Path:
     """Write one HTML page comparing evaluated runs (see `render_comparison`)."""
-    from diffrep.runs import atomic_write_text
-
-    atomic_write_text(Path(out), render_comparison(run_dirs, title, tuple(figures)))
+    atomic.write_text(Path(out), render_comparison(run_dirs, title, tuple(figures)))
     return Path(out)
 
 
@@ -504,8 +509,38 @@ def render_table1(run_dirs, title: str = "diffrep: priors x latent sizes (seed 0
 
 def write_table1_report(run_dirs, out: str | Path, title: str | None = None) -> Path:
     """Write the Table 1 page (`render_table1`) to `out`; returns its path."""
-    from diffrep.runs import atomic_write_text
-
     kw = {"title": title} if title else {}
-    atomic_write_text(Path(out), render_table1(run_dirs, **kw))
+    atomic.write_text(Path(out), render_table1(run_dirs, **kw))
     return Path(out)
+
+
+# --------------------------------------------------------------------------- compare layouts
+
+#: `diffrep compare --layout NAME`: how a set of evaluated runs is laid out. A layout is a class
+#: with `text(run_dirs, fmt, csv_path, plot_path, headline_only) -> str` (what compare prints)
+#: and `html(run_dirs) -> str` (the --html page); its docstring's first line is the CLI help.
+LAYOUTS: Registry = Registry("compare layout")
+
+
+@LAYOUTS.register("runs")
+class RunsLayout:
+    """one column per run, one row per metric (default)"""
+
+    def text(self, run_dirs, fmt="markdown", csv_path=None, plot_path=None, headline_only=False):
+        return compare(run_dirs, fmt, csv_path, plot_path, headline_only=headline_only)
+
+    def html(self, run_dirs) -> str:
+        return render_comparison(run_dirs)
+
+
+@LAYOUTS.register("priors")
+class PriorsLayout:
+    """seed 004's Table 1 for VAE runs: rows priors, columns latent sizes, cells FID / NLL"""
+
+    def text(self, run_dirs, fmt="markdown", csv_path=None, plot_path=None, headline_only=False):
+        if fmt != "markdown" or csv_path or plot_path:
+            raise UserError("--layout priors prints markdown only; fix: drop --format/--csv/--plot")
+        return table1(run_dirs)
+
+    def html(self, run_dirs) -> str:
+        return render_table1(run_dirs)

@@ -5,6 +5,10 @@ RUN_DIR/run.json      method name and arguments, data shape, dataset, diffrep ve
                       frozen bases the method uses ("dependencies": spec, path, sha256; see
                       `diffrep.frozen`), checked whenever the run is rebuilt
 RUN_DIR/checkpoint/   weights (safetensors), EMA weights, trainer state
+RUN_DIR/eval.json     `run_eval` (diffrep eval)
+
+The commands' bodies that work on a run directory live here: `train_from_config`, `load_run`,
+`run_eval`, `fit_prior_run`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from diffrep.atomic import write_json, write_text
 from diffrep.errors import UserError
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text atomically (temp file, fsync, rename): readers never see half a file."""
-    from diffrep.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_run_info(
@@ -49,7 +47,7 @@ def write_run_info(
         info["param_groups"] = param_groups
     if dependencies:
         info["dependencies"] = dependencies
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+    write_json(run_dir / "run.json", info)
 
 
 def read_run_info(run_dir: str | Path) -> dict[str, Any]:
@@ -92,6 +90,23 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu"):
     load_weights(run_dir / "checkpoint", method, ema=ema)
     method.to(device).eval()
     return method, cfg
+
+
+def run_eval(run_dir: str | Path, cfg=None, device: str = "cpu", ema: bool = True) -> dict:
+    """Evaluate the run in `run_dir` (its config's eval section unless `cfg`), write eval.json."""
+    from diffrep.eval.suite import evaluate, write_eval
+
+    method, config = load_run(run_dir, ema=ema, device=device)
+    cfg = cfg or config.eval
+    d = config.data
+    train = d.load(d.train_split)
+    test = d.load(d.eval_split)
+    result = evaluate(method, train, test, cfg, run_dir=run_dir)
+    write_eval(run_dir, result)
+    if result.get("errors"):
+        msgs = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+        raise UserError(f"eval.json written without {', '.join(result['errors'])} ({msgs})")
+    return result
 
 
 def train_from_config(
@@ -162,10 +177,11 @@ def fit_prior_run(
     import torch
 
     from diffrep.checkpoint import checkpoint_step, has_checkpoint, save_checkpoint
-    from diffrep.config import check_kwargs, config_from_dict
+    from diffrep.config import config_from_dict
     from diffrep.data import to_model_input
     from diffrep.priors import PRIORS, build_prior
     from diffrep.priors.fit import aggregate_posterior, fit_prior, swap_prior
+    from diffrep.validate import check_kwargs
 
     run_dir, out = Path(run_dir), Path(out)
     if has_checkpoint(out / "checkpoint"):
@@ -209,6 +225,6 @@ def fit_prior_run(
         for i in range(every - 1, steps, every)
         for chunk in [losses[i + 1 - every : i + 1]]
     ]
-    atomic_write_text(out / "metrics.jsonl", "\n".join(rows) + "\n")
+    write_text(out / "metrics.jsonl", "\n".join(rows) + "\n")
     log(f"prior loss {losses[0]:.3f} -> {sum(losses[-every:]) / every:.3f} nats; wrote {out}")
     return out

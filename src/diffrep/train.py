@@ -61,6 +61,7 @@ from diffrep.checkpoint import (
     save_checkpoint,
 )
 from diffrep.errors import UserError
+from diffrep.jsonutil import dumps, flatten, to_jsonable
 from diffrep.nets.freeze import apply_frozen, frozen_modules, trainable_state_dict
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$")
@@ -274,22 +275,6 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)  # JSON has no NaN/inf
-    return obj
-
-
 class _Logger:
     """metrics.jsonl (+ TensorBoard) on rank 0; a no-op elsewhere."""
 
@@ -328,26 +313,16 @@ class _Logger:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(_jsonable(row)) + "\n")
+            f.write(dumps(row) + "\n")
         if self.tb is not None:
             step = row["step"]
-            for k, v in _flatten(row).items():
+            for k, v in flatten(to_jsonable(row), sep="/").items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in _jsonable(d).items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _check_data(method: nn.Module, data: Any, cfg: TrainConfig, world: int) -> None:
@@ -548,7 +523,9 @@ def _resume(run: _Run) -> None:
         seed_everything(cfg.seed + run.rank + 7919 * run.step)
     old = extra.get("train_config", {})
     changed = [
-        k for k in _TRAJECTORY_KEYS if k in old and _jsonable(old[k]) != _jsonable(getattr(cfg, k))
+        k
+        for k in _TRAJECTORY_KEYS
+        if k in old and to_jsonable(old[k]) != to_jsonable(getattr(cfg, k))
     ]
     if changed and info.is_main:
         warnings.warn(
@@ -658,7 +635,7 @@ def _checkpoint(run: _Run) -> None:
         extra = {
             "data": run.stream.state_dict(),
             "ema_num_updates": ema.num_updates if ema is not None else 0,
-            "train_config": _jsonable(asdict(run.cfg)),
+            "train_config": to_jsonable(asdict(run.cfg)),
             "world_size": run.info.world_size,
             "train_time_s": run.train_time,
             "param_groups": describe_param_groups(run.groups),

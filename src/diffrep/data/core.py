@@ -19,6 +19,7 @@ import numpy as np
 
 from diffrep.errors import UserError
 from diffrep.registry import Registry
+from diffrep.validate import check_kwargs
 
 
 @dataclass
@@ -193,7 +194,6 @@ def load_dataset(
     `root` is a directory to search instead of the defaults (see `data_roots`).
     `options` are the dataset's own keyword arguments (e.g. `shapes`: size, seed, n_train).
     """
-    from diffrep.config import check_kwargs
     from diffrep.data.splits import parse_split, resolve_slice
 
     loader = DATASETS.get(name)

@@ -12,8 +12,9 @@ that returns `{}` for what the method cannot do (`method.can("encode")`, ...):
     codes.py       their reconstructions with the code fixed, DDIM regeneration, interpolation
 
 `suite.py` assembles them: `evaluate(method, train_data, test_data, cfg)` returns the eval.json
-dict, `run_eval(run_dir)` loads a run, evaluates it and writes RUN_DIR/eval.json. `EvalConfig` is
-the `eval:` section of a config file; its defaults live here.
+dict (`context.py`: what each family sees, and the `EVALS` registry);
+`diffrep.runs.run_eval(run_dir)` loads a run, evaluates it and writes RUN_DIR/eval.json.
+`EvalConfig` is the `eval:` section of a config file; its defaults live here.
 """
 
 from __future__ import annotations
@@ -106,11 +107,4 @@ def evaluate(*args, **kwargs):
     return _evaluate(*args, **kwargs)
 
 
-def run_eval(*args, **kwargs):
-    """See `diffrep.eval.suite.run_eval`."""
-    from diffrep.eval.suite import run_eval as _run_eval
-
-    return _run_eval(*args, **kwargs)
-
-
-__all__ = ["DEFAULT_METRICS", "EvalConfig", "evaluate", "run_eval"]
+__all__ = ["DEFAULT_METRICS", "EvalConfig", "evaluate"]

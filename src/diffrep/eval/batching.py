@@ -72,6 +72,15 @@ def subset_indices(n: int, k: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=k, replace=False))
 
 
-def encode_features(method, images_uint8: np.ndarray, batch_size: int) -> np.ndarray:
-    """The representation `method.encode(x0)` flattened to [N, Z] float64."""
-    return map_batches(method.encode, images_uint8, batch_size, method.device, "encode")
+def encode_features(
+    method, images_uint8: np.ndarray, batch_size: int, t: float | None = None
+) -> np.ndarray:
+    """The representation `method.encode(x0)` (`encode(x0, t=t)` when t is given, for methods
+    whose code depends on a noise level) flattened to [N, Z] float64."""
+    if t is None:
+        return map_batches(method.encode, images_uint8, batch_size, method.device, "encode")
+
+    def encode_at_t(x0: torch.Tensor) -> torch.Tensor:
+        return method.encode(x0, t=t)
+
+    return map_batches(encode_at_t, images_uint8, batch_size, method.device, f"encode t={t:g}")

@@ -24,10 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffrep.eval import collapse as C  # a module import: suite imports both at its end
+from diffrep.eval import collapse as C
 from diffrep.eval import plots as P
 from diffrep.eval.batching import model_input, to_uint8_np
-from diffrep.eval.suite import EVALS, EvalContext
+from diffrep.eval.context import EVALS, EvalContext
 
 N_IMAGES = 8  # test images in the reconstruction and regeneration grids
 N_SEEDS = 5  # samples of p(x | w) per image

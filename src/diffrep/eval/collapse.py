@@ -38,7 +38,7 @@ import torch
 
 from diffrep.eval import plots as P
 from diffrep.eval.batching import batches, model_input, subset_indices
-from diffrep.eval.suite import EVALS, EvalContext
+from diffrep.eval.context import EVALS, EvalContext
 
 #: t bins of the shuffle test (one t per example and bin, uniform inside the bin).
 T_BINS = 10

@@ -1,7 +1,7 @@
 """Evaluation families of the diffusion methods: the noise schedule, FID against DDIM steps, and
 whether samples copy training images.
 
-Registered in `diffrep.eval.suite.EVALS` (each family skips, returning {}, what a method lacks):
+Registered in `diffrep.eval.context.EVALS` (each family skips, returning {}, what a method lacks):
 
 - `schedule`: for a method with a noise schedule, i.e. `method.schedule` is a
   `diffrep.diffusion.schedules.Schedule` (vdm, ddpm), plots gamma(t) = -logSNR(t) and
@@ -36,7 +36,7 @@ from diffrep.diffusion.schedules import Schedule
 from diffrep.errors import UserError
 from diffrep.eval import plots as P
 from diffrep.eval.batching import model_input, subset_indices
-from diffrep.eval.suite import EVALS, EvalContext, _samples, draw_samples
+from diffrep.eval.context import EVALS, EvalContext, draw_samples
 
 #: At most this many generated samples (and test images) per family: FID and nearest-neighbour
 #: distances from 1000 images are stable enough to compare, and cheap on a CPU.
@@ -136,19 +136,6 @@ def schedule_family(ctx: EvalContext) -> dict:
 # --------------------------------------------------------------------------- DDIM steps
 
 
-def _fidnet(ctx: EvalContext):
-    """(feature network, its sha256): the `fid` family's network, loaded once per evaluation."""
-    from diffrep.eval.fidnet import ensure_fidnet, load_fidnet
-
-    if "fidnet" not in ctx._features:
-        cfg = ctx.cfg
-        path = cfg.fidnet_path or ensure_fidnet(
-            ctx.full_train, cache_dir=cfg.fidnet_cache, epochs=cfg.fidnet_epochs, seed=cfg.seed
-        )
-        ctx._features["fidnet"] = load_fidnet(path)
-    return ctx._features["fidnet"]
-
-
 def fid_steps_figure(steps: list[int], fids: list[float]) -> bytes:
     fig = P._figure(5.0, 3.2)
     ax = fig.add_subplot()
@@ -176,7 +163,7 @@ def ddim_steps_family(ctx: EvalContext) -> dict:
             "fix: e.g. --set 'eval.ddim_steps=[10, 25, 50, 100]'"
         )
     n = min(cfg.n_samples, MAX_SAMPLES)
-    net, sha = _fidnet(ctx)
+    net, sha = ctx.fidnet()
     # the `fid` family's real set (the same images whenever n_samples <= MAX_SAMPLES)
     real = ctx.test.images[subset_indices(len(ctx.test), n, cfg.seed)]
     real_f = fidnet_features(net, real, cfg.batch_size)
@@ -227,7 +214,7 @@ def memorisation_family(ctx: EvalContext) -> dict:
     if not ctx.method.can("sample"):
         return {}
     cfg = ctx.cfg
-    samples_u8 = _samples(ctx)[:MAX_SAMPLES]  # the suite's shared samples (cfg.sample_kwargs)
+    samples_u8 = ctx.samples()[:MAX_SAMPLES]  # the suite's shared samples (cfg.sample_kwargs)
     test_u8 = ctx.test.images[subset_indices(len(ctx.test), MAX_SAMPLES, cfg.seed)]
     cpu = torch.device("cpu")
     samples = model_input(samples_u8, cpu)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffrep import atomic
 from diffrep.errors import UserError
 
 ARCH_VERSION = 1  # bump when FidNet changes: changes every cache key
@@ -133,7 +133,7 @@ def ensure_fidnet(
     **settings,
 ) -> Path:
     """The cached FidNet weights file for `data` and `settings`, trained if absent."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     key = _settings_key(data, settings)
     path = (
@@ -150,15 +150,9 @@ def ensure_fidnet(
         "dataset": data.name,
         "key": key,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        state = {k: v.contiguous() for k, v in net.state_dict().items()}
-        save_file(state, tmp, metadata={"diffrep_fidnet": json.dumps(meta)})
-        os.replace(tmp, path)  # concurrent evaluations never read half a file
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    # atomically: concurrent evaluations never read half a file
+    atomic.write_bytes(path, save(state, metadata={"diffrep_fidnet": json.dumps(meta)}))
     return path
 
 

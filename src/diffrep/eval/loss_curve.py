@@ -20,7 +20,7 @@ import torch
 
 from diffrep.eval import plots as P
 from diffrep.eval.batching import model_input, subset_indices
-from diffrep.eval.suite import EVALS, EvalContext
+from diffrep.eval.context import EVALS, EvalContext
 
 MAX_IMAGES = 256
 BINS = 20

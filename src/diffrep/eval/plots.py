@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrep import atomic
+
 FIGURES_DIR = "figures"
 
 
@@ -158,17 +160,13 @@ def save_figure(
     order: int = 100,
 ) -> Path:
     """Write RUN_DIR/figures/<name>.png and its sidecar <name>.json (see module docstring)."""
-    from diffrep.runs import atomic_write_text
-
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"figure name must be alphanumeric with - or _, got {name!r}")
     d = Path(run_dir) / FIGURES_DIR
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".{name}.png.tmp"
-    tmp.write_bytes(png)
-    tmp.replace(d / f"{name}.png")
+    atomic.write_bytes(d / f"{name}.png", png)
     meta = {"title": title, "section": section, "caption": caption, "order": order}
-    atomic_write_text(d / f"{name}.json", json.dumps(meta, indent=2))
+    atomic.write_json(d / f"{name}.json", meta)
     return d / f"{name}.png"
 
 

@@ -1,65 +1,43 @@
-"""`evaluate` assembles eval.json from metric families; `run_eval` does it for a run directory.
+"""`evaluate` assembles eval.json from metric families; `write_eval` writes RUN_DIR/eval.json
+(`diffrep.runs.run_eval` does both for a run directory).
 
-A metric family is a function `family(ctx: EvalContext) -> dict` registered in `EVALS`; its dict
-is deep-merged into eval.json and it may save pictures with `ctx.figure(...)`. `EvalConfig.metrics`
-names the families to run. A method-specific evaluation (DDIM steps against FID, a schedule plot)
-registers one more family, and the report shows its numbers and figures without changes.
+A metric family is a function `family(ctx: EvalContext) -> dict` registered in `EVALS` (see
+`diffrep.eval.context`); its dict is deep-merged into eval.json and it may save pictures with
+`ctx.figure(...)`. `EvalConfig.metrics` names the families to run. A method-specific
+evaluation (DDIM steps against FID, a schedule plot) registers one more family, and the report
+shows its numbers and figures without changes.
 
 A family that fails with a `UserError` (e.g. Inception FID without the weights file) does not stop
 the others: the message goes into eval.json["errors"][family], and `run_eval` raises one
 UserError naming every failed family after writing eval.json.
+
+This module registers the general families (likelihood, probe, latent, recon, fid, inception);
+`diffrep.eval.diffusion` (schedule, ddim_steps, memorisation), `collapse` and `codes` (code-
+conditioned diffusion decoders) register theirs and are imported here so `evaluate` sees them.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffrep import atomic
 from diffrep.errors import UserError
 from diffrep.eval import EvalConfig
+
+# method-specific families register themselves on import
+from diffrep.eval import codes as _codes  # noqa: F401
+from diffrep.eval import collapse as _collapse  # noqa: F401
+from diffrep.eval import diffusion as _diffusion  # noqa: F401
+from diffrep.eval import loss_curve as _loss_curve  # noqa: F401
 from diffrep.eval import plots as P
-from diffrep.eval.batching import batches, encode_features, subset_indices, to_uint8_np
-from diffrep.registry import Registry
-
-EVALS: Registry[Callable[..., dict]] = Registry("evaluation")
-
-
-@dataclass
-class EvalContext:
-    """What a metric family sees: the method, the (subsetted) data, the options, the run dir."""
-
-    method: object
-    train: object  # ImageData, at most cfg.max_train examples
-    test: object  # ImageData, at most cfg.max_eval examples
-    cfg: EvalConfig
-    run_dir: Path | None = None
-    full_train: object = None  # the whole train split (the FID network trains on it)
-    figures: list[str] = field(default_factory=list)
-    _features: dict = field(default_factory=dict)
-
-    def features(self, which: str) -> np.ndarray:
-        """encode(x) features [N, Z] of "train" or "test", computed once and shared."""
-        if which not in self._features:
-            data = self.train if which == "train" else self.test
-            self._features[which] = encode_features(self.method, data.images, self.cfg.batch_size)
-        return self._features[which]
-
-    def generator(self, offset: int) -> torch.Generator:
-        """A CPU generator seeded from cfg.seed, distinct per family (reproducible, independent)."""
-        return torch.Generator().manual_seed(self.cfg.seed * 1000 + offset)
-
-    def figure(self, name: str, png: bytes, title: str, section: str, caption: str = "", order=100):
-        if self.run_dir is not None:
-            P.save_figure(self.run_dir, name, png, title, section, caption, order)
-        self.figures.append(name)
-
+from diffrep.eval.batching import subset_indices
+from diffrep.eval.context import EVALS, EvalContext, draw_samples  # noqa: F401  (re-exported)
+from diffrep.jsonutil import to_jsonable
 
 # --------------------------------------------------------------------------- families
 
@@ -161,27 +139,6 @@ def _recon(ctx: EvalContext) -> dict:
     return {"recon": out} if out else {}
 
 
-@torch.no_grad()
-def draw_samples(method, n: int, batch_size: int, generator, **kw) -> np.ndarray:
-    """n samples from the method as uint8 [n, C, H, W], drawn in batches."""
-    out = []
-    for sl in batches(n, batch_size, "sample"):
-        out.append(to_uint8_np(method.sample(sl.stop - sl.start, generator=generator, **kw)))
-    return np.concatenate(out)
-
-
-def _samples(ctx: EvalContext) -> np.ndarray:
-    if "samples" not in ctx._features:
-        g = ctx.generator(3)
-        s = draw_samples(
-            ctx.method, ctx.cfg.n_samples, ctx.cfg.batch_size, g, **ctx.cfg.sample_kwargs
-        )
-        ctx._features["samples"] = s
-        png = P.image_grid(s[: ctx.cfg.grid_images], nrow=8)
-        ctx.figure("samples", png, "Samples", "Samples", order=10)
-    return ctx._features["samples"]
-
-
 def _feature_scores(ctx: EvalContext, features) -> tuple[dict, np.ndarray, np.ndarray]:
     """FID/KID of the shared samples against real test images in a feature space.
 
@@ -190,7 +147,7 @@ def _feature_scores(ctx: EvalContext, features) -> tuple[dict, np.ndarray, np.nd
     from diffrep.eval import fid
 
     cfg = ctx.cfg
-    samples = _samples(ctx)
+    samples = ctx.samples()
     real = ctx.test.images[subset_indices(len(ctx.test), cfg.n_samples, cfg.seed)]
     s = fid.scores(
         features(real), features(samples), cfg.kid_subset_size, cfg.kid_subsets, cfg.seed
@@ -200,15 +157,12 @@ def _feature_scores(ctx: EvalContext, features) -> tuple[dict, np.ndarray, np.nd
 
 @EVALS.register("fid")
 def _fid(ctx: EvalContext) -> dict:
-    from diffrep.eval.fidnet import ensure_fidnet, fidnet_features, load_fidnet
+    from diffrep.eval.fidnet import fidnet_features
 
     if not ctx.method.can("sample"):
         return {}
     cfg = ctx.cfg
-    path = cfg.fidnet_path or ensure_fidnet(
-        ctx.full_train, cache_dir=cfg.fidnet_cache, epochs=cfg.fidnet_epochs, seed=cfg.seed
-    )
-    net, sha = load_fidnet(path)
+    net, sha = ctx.fidnet()
     s, samples, real = _feature_scores(ctx, lambda x: fidnet_features(net, x, cfg.batch_size))
     common = {"feature_net_sha256": sha, "n_samples": len(samples), "n_real": len(real)}
     return {
@@ -241,23 +195,6 @@ def _merge(into: dict, new: dict) -> None:
             _merge(into[k], v)
         else:
             into[k] = v
-
-
-def jsonable(obj):
-    """numpy scalars -> Python, NaN / inf -> None (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def evaluate(
@@ -302,39 +239,11 @@ def evaluate(
     result["figures"] = ctx.figures
     if errors:
         result["errors"] = errors
-    return jsonable(result)
+    return to_jsonable(result)
 
 
 def write_eval(run_dir: str | Path, result: dict) -> Path:
-    from diffrep.runs import atomic_write_text
-
+    """Write `result` as RUN_DIR/eval.json (strict JSON, NaN as null, atomically)."""
     path = Path(run_dir) / "eval.json"
-    atomic_write_text(path, json.dumps(jsonable(result), indent=2, allow_nan=False))
+    atomic.write_json(path, result)
     return path
-
-
-def run_eval(
-    run_dir: str | Path, cfg: EvalConfig | None = None, device: str = "cpu", ema: bool = True
-) -> dict:
-    """Evaluate the run in `run_dir` (its config's eval section unless `cfg`), write eval.json."""
-    from diffrep.runs import load_run
-
-    method, config = load_run(run_dir, ema=ema, device=device)
-    cfg = cfg or config.eval
-    d = config.data
-    train = d.load(d.train_split)
-    test = d.load(d.eval_split)
-    result = evaluate(method, train, test, cfg, run_dir=run_dir)
-    write_eval(run_dir, result)
-    if result.get("errors"):
-        msgs = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
-        raise UserError(f"eval.json written without {', '.join(result['errors'])} ({msgs})")
-    return result
-
-
-# Method-specific families register themselves on import (schedule, ddim_steps, memorisation;
-# collapse and code_samples for code-conditioned diffusion decoders).
-from diffrep.eval import codes as _codes  # noqa: E402,F401
-from diffrep.eval import collapse as _collapse  # noqa: E402,F401
-from diffrep.eval import diffusion as _diffusion  # noqa: E402,F401
-from diffrep.eval import loss_curve as _loss_curve  # noqa: E402,F401
