@@ -2,6 +2,9 @@
 
     log p(x) >= ELBO = E_q(z|x)[ log p(x|z) ] - E_q(z|x)[ log q(z|x) - log p(z) ]
 
+Training replaces the KL by `KLControl`'s term (beta, KL warm-up, free bits per dimension;
+`diffrep.methods.kl_control`); `elbo` always uses the true KL with beta = 1.
+
 The decoder likelihood is discretised to the 256 grey levels (logistic or Gaussian), so the
 negative ELBO bounds -log P(x) of the 8-bit data and converts to bits per dim. The prior supplies
 -log p(z) (or an upper bound on it, for the diffusion prior): the Gaussian prior's KL is analytic,
@@ -23,6 +26,7 @@ from diffrep.distributions import (
     reparameterise,
 )
 from diffrep.methods.base import METHODS, Batch, Method
+from diffrep.methods.kl_control import KLControl
 from diffrep.nets.encoders import ConvDecoder, ConvEncoder
 from diffrep.priors import build_prior
 
@@ -39,6 +43,8 @@ class VAE(Method):
         prior: str = "gaussian",
         prior_args: dict | None = None,
         beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
     ):
         """
         Args:
@@ -49,6 +55,9 @@ class VAE(Method):
             prior: a registered prior (`diffrep.priors.PRIORS`): gaussian, flow, diffusion.
             prior_args: constructor arguments of the prior.
             beta: weight of the KL in the training loss (beta-VAE); evaluation uses beta = 1.
+            kl_warmup_steps: the KL weight ramps linearly from 0 to beta over these steps.
+            free_bits: floor in nats per latent dimension on the batch-mean KL in the training
+                loss (Kingma et al. 2016); needs a prior with a per-dimension KL (gaussian).
         """
         super().__init__(data_shape)
         if latent_dim < 1:
@@ -56,12 +65,13 @@ class VAE(Method):
         c = self.data_shape[0]
         self.latent_dim = latent_dim
         self.likelihood = likelihood
-        self.beta = beta
+        self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
         self.encoder = ConvEncoder(self.data_shape, 2 * latent_dim, width=width)
         self.decoder = ConvDecoder(
             latent_dim, self.data_shape, LIKELIHOOD_CHANNELS[likelihood] * c, width=width
         )
         self.prior = build_prior(prior, latent_dim, **dict(prior_args or {}))
+        self.kl_control.check_per_dim(self.prior.has_kl_per_dim, f"the {prior!r} prior")
 
     @property
     def bound_is_valid(self) -> bool:  # type: ignore[override]
@@ -86,28 +96,40 @@ class VAE(Method):
 
     # -------------------------------------------------------------- objective
 
-    def _terms(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def beta(self) -> float:
+        return self.kl_control.beta
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.kl_control.on_step(step)
+
+    def _terms(self, x0: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """({"recon", "kl", ...} [B], the KL per dimension [B, Z] or None)."""
         mean, logvar = self.posterior(x0)
         z = reparameterise(mean, logvar)
         recon = -self.log_likelihood(x0, z)  # [B]
-        kl = self.prior.kl(mean, logvar)
+        kl_dims = self.prior.kl_per_dim(mean, logvar)  # [B, Z] or None
+        kl = kl_dims.sum(-1) if kl_dims is not None else self.prior.kl(mean, logvar)
         terms: dict[str, torch.Tensor] = {"recon": recon}
         if kl is None:  # single-sample KL estimate against a learned prior (seed 004 eq. 18)
             prior_terms = self.prior.nll_terms(z)
             kl = gaussian_log_prob(z, mean, logvar) + prior_terms["total"]
             terms.update({f"prior_{k}": v for k, v in prior_terms.items() if k != "total"})
         terms["kl"] = kl
-        return terms
+        return terms, kl_dims
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        terms = self._terms(batch["x0"])
-        terms["loss"] = terms["recon"] + self.beta * terms["kl"]
+        terms, kl_dims = self._terms(batch["x0"])
+        kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
+        if not self.kl_control.is_plain:
+            terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
+        terms["loss"] = terms["recon"] + kl_train
         return terms
 
     @torch.no_grad()
     def elbo(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = self._terms(x0)
-        terms["total"] = terms["recon"] + terms["kl"]
+        terms = self._terms(x0)[0]
+        terms["total"] = terms["recon"] + terms["kl"]  # the true KL, beta = 1
         return terms
 
     # -------------------------------------------------------------- representation & generation

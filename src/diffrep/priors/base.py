@@ -52,6 +52,15 @@ class Prior(nn.Module):
         """Analytic KL(q(z|x) || p(z)) per example where it exists, else None."""
         return None
 
+    def kl_per_dim(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor | None:
+        """Analytic KL per latent dimension [B, Z] (sums to `kl`) where the prior factorises
+        over dimensions, else None (free bits need it: `diffrep.methods.kl_control`)."""
+        return None
+
+    @property
+    def has_kl_per_dim(self) -> bool:
+        return type(self).kl_per_dim is not Prior.kl_per_dim
+
     def check_latent(self, z: torch.Tensor) -> None:
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(
