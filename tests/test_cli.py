@@ -47,6 +47,8 @@ def test_user_mistakes_exit_2_with_one_message(tmp_path, capsys):
     assert "not a diffrep run" in _error(capsys, ["eval", str(tmp_path)])
     assert "does not exist" in _error(capsys, ["sample", str(tmp_path / "missing")])
     assert "unknown dataset" in _error(capsys, ["data", "info", "mnsit"])
+    cfg.write_text("method:\n  name: vae\n  beta: -1\n")
+    assert "method.beta=-1" in _error(capsys, ["train", str(cfg), "--out", str(tmp_path / "r")])
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,8 @@ def test_train_writes_a_complete_run_and_refuses_to_overwrite(run_dir, capsys):
         assert (run_dir / name).is_file(), name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 30
+    groups = json.loads((run_dir / "run.json").read_text())["param_groups"]
+    assert [(g["name"], g["lr_scale"]) for g in groups] == [("all", 1.0)] and groups[0]["n_params"]
     msg = _error(capsys, ["train", "configs/vae-digits.yaml", "--out", str(run_dir), *TINY])
     assert "--resume" in msg
 
