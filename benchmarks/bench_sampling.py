@@ -34,7 +34,7 @@ def run(quick: bool, device: torch.device) -> dict:
         "diffrep DDIM vs a diffusers DDIMScheduler loop around the same U-Net",
         device,
     )
-    n = 16 if quick else 64
+    n = 32 if quick else 128
     steps = 50 if quick else 200
     torch.manual_seed(0)
     vdm = build_method("vdm", (1, 28, 28), unet=VDM_UNET).to(device).eval()

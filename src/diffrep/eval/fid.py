@@ -4,10 +4,12 @@ FID (Heusel et al. 2017, eq. 6) fits a Gaussian to each feature set and returns
 
     d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}).
 
-Tr (S_1 S_2)^{1/2} is computed as Tr (S_1^{1/2} S_2 S_1^{1/2})^{1/2}: the inner matrix is
-symmetric positive semi-definite, so two symmetric eigendecompositions (eigh, eigenvalues clipped
-at 0) replace the general, non-symmetric matrix square root that goes complex or NaN on
-near-singular covariances. Everything is float64.
+Tr (S_1 S_2)^{1/2} is computed as Tr (L^T S_2 L)^{1/2} with S_1 = L L^T (Cholesky, or
+L = S_1^{1/2} when S_1 is singular): the inner matrix is similar to S_1 S_2 and symmetric positive
+semi-definite, so a symmetric eigenvalue problem (eigenvalues clipped at 0) replaces the
+general, non-symmetric matrix square root that goes complex or NaN on near-singular covariances. Everything is float64, computed with torch's BLAS/LAPACK (the
+covariance of 10k x 256 features was 7x faster there than numpy's on our CPUs; see
+benchmarks/bench_eval_speed.py); inputs and outputs stay numpy.
 
 KID (Binkowski et al. 2018, sec. 4) is the unbiased MMD^2 with the cubic polynomial kernel
 k(x, y) = (x.y / d + 1)^3, averaged over random subsets; unlike FID it is unbiased in the number
@@ -22,6 +24,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 
 
 def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -35,28 +38,38 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             "and the score is strongly biased upwards; use at least as many samples as dimensions",
             stacklevel=2,
         )
-    return f.mean(axis=0), np.cov(f, rowvar=False)
+    t = torch.from_numpy(f)
+    mu = t.mean(0)
+    x = t - mu
+    return mu.numpy(), ((x.T @ x) / (len(f) - 1)).numpy()
+
+
+def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
+    lam, v = torch.linalg.eigh((a + a.T) / 2)  # symmetrise away round-off asymmetry
+    return (v * lam.clamp(min=0.0).sqrt()) @ v.T
 
 
 def sqrtm_psd(a: np.ndarray) -> np.ndarray:
     """Square root of a symmetric positive semi-definite matrix (eigenvalues clipped at 0)."""
-    a = np.asarray(a, dtype=np.float64)
-    lam, v = np.linalg.eigh((a + a.T) / 2)  # symmetrise away round-off asymmetry
-    return (v * np.sqrt(np.clip(lam, 0.0, None))) @ v.T
+    return _sqrtm_psd(torch.as_tensor(np.asarray(a, dtype=np.float64))).numpy()
 
 
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
     """d^2 between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017, eq. 6)."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    r1 = sqrtm_psd(s1)
-    m = r1 @ s2 @ r1  # similar to S1 S2, but symmetric PSD
-    lam = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_sqrt = np.sqrt(np.clip(lam, 0.0, None)).sum()
-    d2 = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt
-    return float(max(d2, 0.0))  # round-off can leave -1e-12 for identical sets
+    mu1, mu2, s1, s2 = (
+        torch.as_tensor(np.asarray(a, np.float64)) for a in (mu1, mu2, sigma1, sigma2)
+    )
+    # A factor S1 = L L^T makes L^T S2 L similar to S1 S2 and symmetric PSD: Cholesky when S1 is
+    # positive definite (cheap), the eigendecomposition square root when it is singular.
+    L, info = torch.linalg.cholesky_ex(s1)
+    r1 = L if int(info) == 0 else _sqrtm_psd(s1)
+    m = r1.T @ s2 @ r1
+    lam = torch.linalg.eigvalsh((m + m.T) / 2)
+    tr_sqrt = lam.clamp(min=0.0).sqrt().sum()
+    d2 = ((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2.0 * tr_sqrt
+    return float(max(float(d2), 0.0))  # round-off can leave -1e-12 for identical sets
 
 
 def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
