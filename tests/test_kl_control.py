@@ -125,6 +125,8 @@ def test_the_trainer_drives_the_warmup(tmp_path):
     m = _vae(kl_warmup_steps=4)
     cfg = TrainConfig(steps=3, batch_size=8, log_every=1, warmup=0, tensorboard=False)
     train(m, data, tmp_path / "r", cfg)
-    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    ]
     ratios = [r["kl_train"] / r["kl"] for r in rows]
     assert ratios == pytest.approx([0.0, 0.25, 0.5], abs=1e-6)  # beta_t at steps 0, 1, 2

@@ -7,9 +7,10 @@ FID (Heusel et al. 2017, eq. 6) fits a Gaussian to each feature set and returns
 Tr (S_1 S_2)^{1/2} is computed as Tr (L^T S_2 L)^{1/2} with S_1 = L L^T (Cholesky, or
 L = S_1^{1/2} when S_1 is singular): the inner matrix is similar to S_1 S_2 and symmetric positive
 semi-definite, so a symmetric eigenvalue problem (eigenvalues clipped at 0) replaces the
-general, non-symmetric matrix square root that goes complex or NaN on near-singular covariances. Everything is float64, computed with torch's BLAS/LAPACK (the
-covariance of 10k x 256 features was 7x faster there than numpy's on our CPUs; see
-benchmarks/bench_eval_speed.py); inputs and outputs stay numpy.
+general, non-symmetric matrix square root that goes complex or NaN on near-singular covariances.
+Everything is float64, computed with torch's BLAS/LAPACK (the covariance of 10k x 256 features
+was 7x faster there than numpy's on our CPUs; see benchmarks/bench_eval_speed.py); inputs and
+outputs stay numpy.
 
 KID (Binkowski et al. 2018, sec. 4) is the unbiased MMD^2 with the cubic polynomial kernel
 k(x, y) = (x.y / d + 1)^3, averaged over random subsets; unlike FID it is unbiased in the number
