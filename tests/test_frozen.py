@@ -249,3 +249,6 @@ def test_dependent_run_records_its_base_and_refuses_a_changed_or_missing_one(
     (tmp_path / "base").rename(tmp_path / "moved")
     with pytest.raises(UserError, match=r"depends on the base model 'run:base' at .*missing"):
         load_run(out)
+    # a moved project: the recorded path is gone, the spec (relative to the cwd) finds the base
+    (tmp_path / "moved").rename(tmp_path / "user" / "base")
+    assert load_run(out)[0].base.path == tmp_path / "user" / "base"

@@ -20,8 +20,9 @@ Dependencies. A method that holds a FrozenDPM depends on files outside its run d
 `dependencies(method)` lists them ({"spec", "kind", "path", "sha256", "files"}); `diffrep.runs`
 writes that list into run.json and, when the run is rebuilt, wraps the method's construction in
 `expect_dependencies(records, where)`: `load_frozen` then reads each base from its recorded
-(absolute) path and checks its sha256 before loading it; a missing or changed base is a
-`UserError` naming it. Methods need to know nothing of this: holding the FrozenDPM is enough.
+(absolute) path, or where the spec itself points when that path is gone (a moved project), and
+checks its sha256 before loading it; a missing or changed base is a `UserError` naming it.
+Methods need to know nothing of this: holding the FrozenDPM is enough.
 
 sha256: of the one weights file (run: `checkpoint/ema.safetensors`, so `sha256sum` agrees); for
 several files (diffusers: the weights, the UNet config and the scheduler config, each of which
@@ -125,9 +126,9 @@ def load_frozen(spec: str, *, ema: bool = True) -> FrozenDPM:
     if not sep or not rest or kind not in SOURCES:
         raise UserError(f"frozen model {spec!r}: unknown form; {_SPEC_FIX}")
     expected = (_EXPECTED.get() or {}).get(spec)
-    path = Path(expected["path"]) if expected else Path(rest).expanduser().resolve()
+    path = Path(rest).expanduser().resolve()
     if expected:
-        _check_expected(spec, path, expected)
+        path = _check_expected(spec, path, expected)
     elif not path.exists():
         raise UserError(f"frozen model {spec!r}: {path} does not exist; {_SPEC_FIX}")
     kw = {"ema": ema} if kind == "run" else {}
@@ -158,12 +159,15 @@ def expect_dependencies(records: list[dict[str, Any]] | None, where: str) -> Ite
         _EXPECTED.reset(token)
 
 
-def _check_expected(spec: str, path: Path, rec: dict[str, Any]) -> None:
-    where = rec["where"]
-    fix = f"fix: put the original base back at {path}, or retrain {where} on the base you have"
-    if not path.exists():
+def _check_expected(spec: str, here: Path, rec: dict[str, Any]) -> Path:
+    """The recorded path (else the spec's own, e.g. after moving a project) if its files still
+    have their recorded sha256; a UserError naming the base otherwise."""
+    where, recorded = rec["where"], Path(rec["path"])
+    path = next((p for p in (recorded, here) if p.exists()), None)
+    fix = f"fix: put the original base back at {recorded}, or retrain {where} on the base you have"
+    if path is None:
         raise UserError(
-            f"{where} depends on the base model {spec!r} at {path}, which is missing; {fix}"
+            f"{where} depends on the base model {spec!r} at {recorded}, which is missing; {fix}"
         )
     now = {name: _sha256_file(path / name) for name in rec["files"] if (path / name).is_file()}
     if digest(now) != rec["sha256"] or set(now) != set(rec["files"]):
@@ -172,6 +176,7 @@ def _check_expected(spec: str, path: Path, rec: dict[str, Any]) -> None:
             f"the base model {spec!r} of {where} changed since it was trained ({path}: "
             f"{', '.join(changed)} differ from the sha256 in run.json); {fix}"
         )
+    return path
 
 
 def _sha256_file(path: Path) -> str:
