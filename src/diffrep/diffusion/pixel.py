@@ -25,6 +25,7 @@ from torch import nn
 
 from diffrep.diffusion import objectives as O
 from diffrep.diffusion import samplers as S
+from diffrep.diffusion.denoiser import switch
 from diffrep.diffusion.schedules import build_schedule
 from diffrep.errors import UserError
 from diffrep.nets import NETWORKS
@@ -40,6 +41,7 @@ class PixelDiffusion(nn.Module):
         schedule_options: dict | None = None,
         unet: dict | None = None,
         cond_dim: int | None = None,
+        cond_t_range: tuple[float, float] | None = None,
         clip_x0: bool = False,
         sample_steps: int = 100,
     ):
@@ -50,6 +52,9 @@ class PixelDiffusion(nn.Module):
             unet: keyword arguments of `nets.unet.UNet` (base_channels, channel_mults,
                 num_res_blocks, dropout, attn_resolutions, cond_mode, fourier_exponents, ...).
             cond_dim: size of the code the denoiser is conditioned on (None: unconditional).
+            cond_t_range: (t_min, t_max): the code reaches the network only for t in this range;
+                elsewhere it gets a null code (zeros), so the code can only describe what the
+                decoder needs at those noise levels (`denoiser.switch`). None: every t.
             clip_x0: clamp x0_hat to [-1, 1] in the ancestral and DDIM samplers (Ho et al.).
             sample_steps: default number of sampling / inversion steps.
         """
@@ -61,7 +66,18 @@ class PixelDiffusion(nn.Module):
         for key in ("in_channels", "image_size", "cond_dim"):
             if key in unet:
                 raise UserError(f"unet.{key} is set from the data and the method; fix: remove it")
+        if cond_t_range is not None:
+            if cond_dim is None:
+                raise UserError("cond_t_range needs a conditional part; fix: set cond_dim")
+            lo, hi = (float(v) for v in cond_t_range)
+            if not 0.0 <= lo < hi <= 1.0:
+                raise UserError(
+                    f"cond_t_range must be (t_min, t_max) with 0 <= t_min < t_max <= 1, got "
+                    f"{tuple(cond_t_range)}; fix: e.g. cond_t_range=[0.5, 1.0]"
+                )
+            cond_t_range = (lo, hi)
         self.cond_dim = cond_dim
+        self.cond_t_range = cond_t_range
         self.clip_x0 = clip_x0
         self.sample_steps = sample_steps
         self.schedule = build_schedule(schedule, **(schedule_options or {}))
@@ -73,8 +89,14 @@ class PixelDiffusion(nn.Module):
         """eps_hat(x_t, t, cond): x_t [B, C, H, W], t [B] in [0, 1], cond [B, cond_dim].
 
         An unconditional part ignores `cond`; a conditional one requires it (the U-Net says so).
+        With `cond_t_range`, examples whose t is outside it get the null code instead.
         """
-        return self.net(x_t, t, cond)
+        if cond is None or self.cond_t_range is None:
+            return self.net(x_t, t, cond)
+        return switch(self.net, self._null_code, *self.cond_t_range)(x_t, t, cond)
+
+    def _null_code(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.net(x_t, t, torch.zeros_like(cond))
 
     # -------------------------------------------------------------- objectives (nats [B])
 

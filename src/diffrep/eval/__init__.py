@@ -52,6 +52,9 @@ class EvalConfig:
     # latents
     active_unit_threshold: float = 0.01  # Cov_x(E_q[z_d]) > threshold (Burda et al. 2016)
     mi_examples: int = 2000  # examples in the aggregate-posterior estimate of I(x; z)
+    # collapse (code-conditioned diffusion decoders): the shuffle test
+    shuffle_examples: int = 512  # test examples (2 decoder calls per example and t bin)
+    shuffle_t_bins: int = 10
     # sample quality
     n_samples: int = 5000  # generated samples for FID / KID
     sample_kwargs: dict = field(default_factory=dict)  # passed to method.sample (e.g. steps)
@@ -73,6 +76,8 @@ class EvalConfig:
             "few_label_draws",
             "tsne_points",
             "mi_examples",
+            "shuffle_examples",
+            "shuffle_t_bins",
             "n_samples",
             "fidnet_epochs",
             "kid_subset_size",

@@ -40,10 +40,9 @@ from diffrep.eval import plots as P
 from diffrep.eval.batching import batches, model_input, subset_indices
 from diffrep.eval.context import EVALS, EvalContext
 
-#: t bins of the shuffle test (one t per example and bin, uniform inside the bin).
+#: t bins of the shuffle test (one t per example and bin, uniform inside the bin); the family
+#: uses EvalConfig.shuffle_t_bins and EvalConfig.shuffle_examples.
 T_BINS = 10
-#: At most this many test examples in the shuffle test (2 * T_BINS decoder calls each).
-MAX_EXAMPLES = 512
 
 
 def code_conditioned_diffusion(method):
@@ -187,9 +186,9 @@ def collapse_family(ctx: EvalContext) -> dict:
         out["kl_total"] = health["kl_total"]
         out["mi"], out["mi_max"] = health["mi"], health["mi_max"]
     out["active_units"], out["latent_dim"] = health["active_units"], health["latent_dim"]
-    idx = subset_indices(len(ctx.test), MAX_EXAMPLES, cfg.seed)
+    idx = subset_indices(len(ctx.test), cfg.shuffle_examples, cfg.seed)
     x0 = model_input(ctx.test.images[idx], torch.device("cpu"))
-    res = shuffle_test(method, x0, T_BINS, cfg.batch_size, generator=ctx.generator(21))
+    res = shuffle_test(method, x0, cfg.shuffle_t_bins, cfg.batch_size, ctx.generator(21))
     out.update(res)
     caption = (
         f"Shuffle test on {res['shuffle_examples']} test images: the denoising error with the "

@@ -4,6 +4,7 @@ from diffrep.methods import (
     dae,  # noqa: F401,E402
     ddpm,  # noqa: F401,E402
     vae,  # noqa: F401,E402
+    vae_vdm,  # noqa: F401,E402
     vdm,  # noqa: F401,E402
 )
 from diffrep.methods.base import METHODS, Method, build_method  # noqa: F401

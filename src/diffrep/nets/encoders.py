@@ -1,4 +1,5 @@
-"""Convolutional encoder and decoder shared by vae, dae, drl, pdae and vae_vdm.
+"""Convolutional encoder (also with a Gaussian head) and decoder shared by vae, dae, drl, pdae and
+vae_vdm.
 
 Sized for 8x8 to 64x64 images: the encoder halves the resolution while both sides are even and
 at least 8 (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4, 8 -> 4), then a linear head maps the flattened
@@ -82,6 +83,20 @@ class ConvEncoder(nn.Module):
         if cond is not None:
             hidden = torch.cat([hidden, cond], dim=1)
         return self.out(self.head(hidden))
+
+
+class GaussianConvEncoder(ConvEncoder):
+    """x [B, C, H, W] -> (mean, logvar) [B, Z] each: a diagonal Gaussian q(z | x).
+
+    The log-variance is clamped to [-12, 8], which keeps exp(logvar) finite early in training.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], latent_dim: int, width: int = 32, **kw):
+        super().__init__(in_shape, 2 * latent_dim, width=width, **kw)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+        mean, logvar = super().forward(x, cond).chunk(2, dim=1)
+        return mean, logvar.clamp(-12.0, 8.0)
 
 
 class ConvDecoder(nn.Module):

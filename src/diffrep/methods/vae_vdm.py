@@ -1,0 +1,166 @@
+"""VAE-VDM: a VAE whose decoder p(x | w) is a conditional VDM (seed 000).
+
+    -log p(x) <= E_q(w|x)[ L_VDM(x | w) ] + KL(q(w | x) || p(w))            (seed 000, L_VAE')
+
+L_VDM(x | w) = recon + prior + diffusion is VDM's bound (Kingma et al. 2021 eqs. 8, 11, 17) with
+every denoiser call given the code w [B, Z]; q(w | x) is a diagonal Gaussian (the shared conv
+encoder), p(w) any registered prior (gaussian, flow, diffusion; the KL is analytic for the
+Gaussian, else the single-sample estimate log q(w|x) + nll_prior(w), seed 004 eq. 18). With
+beta = 1 the loss *is* the bound, so `elbo()` gives honest bits per dim (beta = 0 claims none).
+
+Posterior collapse (the poster: "encoder KL divergence falls to 0") and its mitigations:
+- training replaces the KL by `KLControl`'s term: beta (the poster's public code used 1e4), a
+  linear warm-up over `kl_warmup_steps`, free bits per dimension (Kingma et al. 2016);
+- `cond_t_range`: the decoder sees w only for t in [t_min, t_max] (a null code elsewhere), so
+  the code can only carry what those noise levels need (`PixelDiffusion.cond_t_range`);
+- decoder capacity: `unet` (a smaller U-Net leaves more to the code), `encoder_width`.
+`diffrep.eval.collapse` measures how much the decoder uses w (the shuffle test).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+
+from diffrep.diffusion.pixel import PixelDiffusion
+from diffrep.distributions import gaussian_log_prob, reparameterise
+from diffrep.methods.base import METHODS, Batch, Method
+from diffrep.methods.kl_control import KLControl
+from diffrep.nets.encoders import GaussianConvEncoder
+from diffrep.priors import build_prior
+
+
+@METHODS.register("vae_vdm")
+class VAEVDM(Method):
+    def __init__(
+        self,
+        data_shape: tuple[int, int, int],
+        *,
+        latent_dim: int = 16,
+        encoder_width: int = 32,
+        prior: str = "gaussian",
+        prior_args: dict | None = None,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        cond_t_range: tuple[float, float] | None = None,
+        schedule: Literal["learned-linear", "learned-net", "vdm-linear"] = "learned-linear",
+        gamma_min: float = -13.3,
+        gamma_max: float = 5.0,
+        T: int = 0,
+        t_sampling: Literal["low-discrepancy", "antithetic", "uniform"] = "low-discrepancy",
+        schedule_grad: Literal["elbo", "variance"] = "elbo",
+        unet: dict | None = None,
+        sample_steps: int = 100,
+    ):
+        """
+        Args:
+            latent_dim, encoder_width: size of w; channels of the encoder's first level.
+            prior, prior_args: a registered prior p(w) and its arguments.
+            beta, kl_warmup_steps, free_bits: the KL's training term (`KLControl`); the ELBO
+                always has beta = 1. beta = 0: an unregularised autoencoder, no bound claimed.
+            cond_t_range: (t_min, t_max): w conditions the decoder only there (None: every t).
+            schedule ... sample_steps: the decoder, as for `vdm` (same names and meanings).
+        """
+        super().__init__(data_shape)
+        self.latent_dim = latent_dim
+        self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
+        self.encoder = GaussianConvEncoder(self.data_shape, latent_dim, width=encoder_width)
+        self.prior = build_prior(prior, latent_dim, **dict(prior_args or {}))
+        self.kl_control.check_per_dim(self.prior.has_kl_per_dim, f"the {prior!r} prior")
+        self.vdm_options = dict(T=T, t_sampling=t_sampling, schedule_grad=schedule_grad)
+        self.diffusion = PixelDiffusion(
+            self.data_shape, schedule=schedule, unet=unet, cond_dim=latent_dim,
+            cond_t_range=cond_t_range, sample_steps=sample_steps,
+            schedule_options={"gamma_min": gamma_min, "gamma_max": gamma_max},
+        )  # fmt: skip
+
+    @property
+    def bound_is_valid(self) -> bool:  # type: ignore[override]
+        return self.kl_control.beta > 0 and self.prior.bound_is_valid
+
+    @property
+    def schedule(self):
+        return self.diffusion.schedule
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.kl_control.on_step(step)
+
+    # -------------------------------------------------------------- objective
+
+    def posterior(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x0)  # (mean, logvar) [B, Z] each
+
+    def _terms(self, x0: torch.Tensor, generator=None):
+        """({"recon", "prior", "diffusion", "kl", ...} [B], KL per dimension [B, Z] or None, w)."""
+        mean, logvar = self.posterior(x0)
+        w = reparameterise(mean, logvar)  # [B, Z]
+        terms = self.diffusion.vdm_elbo(x0, cond=w, generator=generator, **self.vdm_options)
+        terms.pop("total")  # recon + prior + diffusion: L_VDM(x | w)
+        kl_dims = self.prior.kl_per_dim(mean, logvar)  # [B, Z] or None
+        if kl_dims is not None:
+            terms["kl"] = kl_dims.sum(-1)
+        else:  # single-sample estimate against a learned prior
+            prior_terms = self.prior.nll_terms(w)
+            terms["kl"] = gaussian_log_prob(w, mean, logvar) + prior_terms["total"]
+            terms.update({f"w_prior_{k}": v for k, v in prior_terms.items() if k != "total"})
+        return terms, kl_dims, w
+
+    def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
+        terms, kl_dims, _ = self._terms(batch["x0"])
+        kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
+        if not self.kl_control.is_plain:
+            terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
+        vdm = terms["recon"] + terms["prior"] + terms["diffusion"]
+        return {"loss": vdm + kl_train, **terms}
+
+    @torch.no_grad()
+    def elbo(self, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+        """-ELBO terms [B] in nats, beta = 1 (one w, one t per example: unbiased); `generator`
+        draws the diffusion's (t, eps) (w comes from the global RNG)."""
+        terms = self._terms(x0, generator)[0]
+        terms["total"] = terms["recon"] + terms["prior"] + terms["diffusion"] + terms["kl"]
+        return terms
+
+    @torch.no_grad()
+    def nll_iw(self, x0: torch.Tensor, k: int = 16, seed: int = 0) -> torch.Tensor:
+        """-log (1/k) sum_j p(w_j) exp(-L_VDM(x | w_j)) / q(w_j | x), w_j ~ q(w | x) [B].
+
+        Every L_VDM(x | w_j) uses the same (t, eps) draws (common random numbers), so only the
+        code varies. exp(-L_VDM) is not an unbiased estimate of p(x | w): a diagnostic of how
+        loose the ELBO's KL is, not a certified bound (hence no `log_joint` for the suite).
+        """
+        mean, logvar = self.posterior(x0)
+        logw = []
+        for _ in range(k):  # k codes; each is one ELBO evaluation
+            w = reparameterise(mean, logvar)
+            g = torch.Generator(x0.device).manual_seed(seed)
+            vdm = self.diffusion.vdm_elbo(x0, cond=w, generator=g, **self.vdm_options)["total"]
+            log_q = gaussian_log_prob(w, mean, logvar)
+            logw.append(-vdm - self.prior.nll_terms(w)["total"] - log_q)
+        return -(torch.logsumexp(torch.stack(logw).double(), 0) - math.log(k))
+
+    # -------------------------------------------------------------- representation & generation
+
+    @torch.no_grad()
+    def encode(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.posterior(x0)[0]
+
+    @torch.no_grad()
+    def reconstruct(self, x0: torch.Tensor, generator: torch.Generator | None = None):
+        """A sample of p(x | w) with w the posterior mean of x0 (what the code pins down)."""
+        return self.diffusion.sample(x0.shape[0], cond=self.encode(x0), generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, **kw: Any):
+        """w ~ p(w), then x ~ p(x | w) (seed 000's guided generation); sampler, steps, x_T, ...
+        pass through to `PixelDiffusion.sample`."""
+        w = self.prior.sample(n, generator=generator).to(self.device)
+        return self.diffusion.sample(n, cond=w, generator=generator, **kw)
+
+    @torch.no_grad()
+    def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        """Deterministic DDIM encoding x0 -> x_T given the image's own code."""
+        return self.diffusion.invert(x0, cond=self.encode(x0), steps=steps)
