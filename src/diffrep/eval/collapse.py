@@ -153,13 +153,13 @@ def shuffle_figure(result: dict, title: str = "") -> bytes:
     ax1.plot(t, bins["own_mse"], marker="o", ms=3, label="own code w")
     ax1.plot(t, bins["shuffled_mse"], marker="o", ms=3, ls="--", label="another example's w")
     ax1.set_yscale("log")
-    ax1.set(title="||eps - eps_hat(x_t, t, w)||^2 (same t, eps)", xlabel="t", ylabel="per image")
+    ax1.set(title="||eps - eps_hat||^2, same t and eps", xlabel="t", ylabel="per image")
     ax1.legend(fontsize=8)
     ax2.bar(t, bins["increase_nats"], width=0.9 / len(t), color="tab:red")
     ax2.axhline(0.0, color="black", lw=0.8)
     ax2.set(
-        title=f"1/2 gamma'(t) x increase: {result['shuffle_nats']:.2f} "
-        f"+- {result['shuffle_nats_se']:.2f} nats in all",
+        title=f"ELBO-weighted increase: {result['shuffle_nats']:.2f} "
+        f"+- {result['shuffle_nats_se']:.2f} nats",
         xlabel="t",
         ylabel="nats per unit t",
     )
