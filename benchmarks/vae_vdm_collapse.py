@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from diffrep.config import read_yaml
     from diffrep.errors import UserError
-    from diffrep.eval.suite import jsonable
+    from diffrep.jsonutil import to_jsonable
     from diffrep.report import write_comparison_report
 
     data_cfg = read_yaml(CONFIG)["data"]
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
             "probe>=0.97": (m["linear"] or 0) >= 0.97,
             "bpd_within_0.02_of_vdm": m["bits/dim"] - vdm_bpd <= 0.02,
         }
-    print(json.dumps(jsonable(summary)))
+    print(json.dumps(to_jsonable(summary)))
     return 0
 
 
