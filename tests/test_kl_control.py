@@ -130,3 +130,21 @@ def test_the_trainer_drives_the_warmup(tmp_path):
     ]
     ratios = [r["kl_train"] / r["kl"] for r in rows]
     assert ratios == pytest.approx([0.0, 0.25, 0.5], abs=1e-6)  # beta_t at steps 0, 1, 2
+
+
+def test_fit_prior_on_a_free_bits_vae_gives_a_loadable_run(tmp_path):
+    from diffrep.config import config_from_dict
+    from diffrep.runs import fit_prior_run, load_run, read_run_info, train_from_config
+
+    raw = {
+        "data": {"name": "digits"},
+        "method": {"name": "vae", "latent_dim": 2, "width": 8, "free_bits": 0.1},
+        "train": {"steps": 2, "batch_size": 8, "warmup": 0, "tensorboard": False},
+    }
+    train_from_config(config_from_dict(raw), tmp_path / "a", log=lambda *a: None)
+    out = fit_prior_run(
+        tmp_path / "a", tmp_path / "b", "diffusion", {"T": 25}, steps=2, log=lambda *a: None
+    )
+    method, cfg = load_run(out)  # the diffusion prior has no per-dimension KL: free bits dropped
+    assert cfg.method["prior"] == "diffusion" and "free_bits" not in cfg.method
+    assert read_run_info(tmp_path / "a")["method_args"]["free_bits"] == 0.1

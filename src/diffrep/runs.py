@@ -26,6 +26,7 @@ def write_run_info(
     run_dir: str | Path,
     cfg,
     data_shape: tuple[int, int, int],
+    *,
     param_groups: list[dict] | None = None,
     dependencies: list[dict[str, Any]] | None = None,
 ) -> None:
@@ -214,8 +215,12 @@ def fit_prior_run(
 
     raw = cfg.to_dict()
     raw["method"] = {**raw["method"], "prior": prior, "prior_args": prior_args}
+    # Free bits shaped stage one's training only (and priors without a per-dim KL refuse them).
+    raw["method"].pop("free_bits", None)
     new_cfg = config_from_dict(raw)
-    write_run_info(out, new_cfg, data.shape, read_run_info(run_dir).get("dependencies"))
+    write_run_info(
+        out, new_cfg, data.shape, dependencies=read_run_info(run_dir).get("dependencies")
+    )
     step = checkpoint_step(run_dir / "checkpoint")
     source = {"from_run": str(run_dir), "prior": prior, "steps": steps, "lr": lr}
     save_checkpoint(out / "checkpoint", model, None, None, step, {"two_stage": source})

@@ -4,7 +4,10 @@ AdamW with linear warm-up (then constant or cosine), gradient-norm clipping, an 
 state dict, seeded data order, periodic evaluation, atomic checkpoints with exact resume, clean
 stop on SIGTERM/SIGINT, a clear error on a non-finite loss, and multi-process data parallelism
 under torchrun (DDP). The trainer knows nothing else about a method: every other entry of the
-dict that `loss` returns is averaged and logged.
+dict that `loss` returns is averaged and logged. Two optional hooks: `method.param_groups()`
+(AdamW groups, each with an lr_scale on the schedule) and `method.on_step(step, total_steps)`
+(before each step's loss: annealing). Submodules with `frozen = True` (`diffrep.nets.freeze`)
+are not trained, averaged, clipped or checkpointed.
 
 How the CLI (or a script) calls it:
 
