@@ -176,22 +176,34 @@ def _train(out, method: dict, steps: int = 2):
     return out
 
 
+TINY_UNET = {"base_channels": 8, "channel_mults": [1, 2]}
+
+
 @pytest.fixture(scope="module")
 def ddpm_run(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("base") / "ddpm", {"name": "ddpm", "T": 20})
+    method = {"name": "ddpm", "T": 20, "unet": TINY_UNET}
+    return _train(tmp_path_factory.mktemp("base") / "ddpm", method)
 
 
-def test_run_base_is_the_runs_ema_denoiser(ddpm_run):
-    base = load_frozen(f"run:{ddpm_run}")
-    method, _ = load_run(ddpm_run)  # EMA weights
-    assert base.data_shape == (1, 8, 8) and base.T == 20
+@pytest.mark.parametrize("name", ["ddpm", "vdm"])
+def test_run_base_is_the_runs_ema_denoiser(ddpm_run, tmp_path, name):
+    run = (
+        ddpm_run if name == "ddpm" else _train(tmp_path / "vdm", {"name": "vdm", "unet": TINY_UNET})
+    )
+    base = load_frozen(f"run:{run}")
+    method, _ = load_run(run)  # EMA weights
+    assert base.data_shape == (1, 8, 8) and base.T == (20 if name == "ddpm" else 0)
+    assert base.net is base.part.net and isinstance(base.schedule, type(method.schedule))
     assert torch.equal(base.schedule.table(20), method.schedule.table(20))
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     t = torch.tensor([1.0, 0.5, 0.05])
     with torch.no_grad():
-        assert torch.equal(base.denoiser(x, t, cond=torch.ones(3, 4)), method.eps_model(x, t))
-    assert base.sha256 == _sha(ddpm_run / "checkpoint" / "ema.safetensors")  # = sha256sum
+        ours = base.denoiser(x, t, cond=torch.ones(3, 4))  # cond ignored: unconditional base
+        assert torch.equal(ours, method.diffusion.denoiser(x, t))
+    assert base.sha256 == _sha(run / "checkpoint" / "ema.safetensors")  # = sha256sum
     assert not base.training and not any(p.requires_grad for p in base.parameters())
+    if name == "vdm":  # a learned schedule is frozen too
+        assert not any(p.requires_grad for p in base.schedule.parameters())
 
 
 class _BaseUser(Method):
@@ -230,6 +242,8 @@ def test_dependent_run_records_its_base_and_refuses_a_changed_or_missing_one(
 
     from safetensors import safe_open
 
+    with pytest.raises(UserError, match="is a '_base_user' run.*ddpm or vdm"):
+        load_frozen(f"run:{out}")  # only unconditional pixel-space DPMs are bases
     with safe_open(out / "checkpoint" / "model.safetensors", "pt") as f:
         assert list(f.keys()) == ["scale"]  # the base's weights are not stored again
     monkeypatch.chdir(tmp_path / "user")  # elsewhere: the recorded path is used

@@ -203,13 +203,12 @@ def _hash_files(root: Path, names: list[Path]) -> dict[str, str]:
 
 
 class RunDPM(FrozenDPM):
-    """The pixel-space diffusion part of a diffrep run (its U-Net and schedule)."""
+    """The pixel-space diffusion part (`method.diffusion`: U-Net + schedule) of a ddpm/vdm run."""
 
     def __init__(self, spec: str, path: Path, files: dict[str, str], method: nn.Module):
-        part = getattr(method, "diffusion", method)  # ddpm/vdm hold a PixelDiffusion part
-        super().__init__(spec, path, files, method.data_shape, T=getattr(method, "T", 0))
-        self.part = part
-        self.clip_x0 = bool(getattr(part, "clip_x0", False))
+        super().__init__(spec, path, files, method.data_shape, T=method.T)
+        self.part = method.diffusion  # an unconditional PixelDiffusion
+        self.clip_x0 = bool(self.part.clip_x0)
 
     @property
     def schedule(self) -> Schedule:
@@ -220,8 +219,7 @@ class RunDPM(FrozenDPM):
         return self.part.net
 
     def denoiser(self, x_t, t, cond=None):
-        denoise = getattr(self.part, "denoiser", None) or self.part.eps_model
-        return denoise(x_t, t)
+        return self.part.denoiser(x_t, t)
 
 
 @SOURCES.register("run")
