@@ -106,7 +106,7 @@ def test_fit_prior_makes_a_two_stage_run_that_eval_and_sample_use(run_dir, tmp_p
 
     out = tmp_path / "vae-flow"
     argv = ["fit-prior", str(run_dir), "--prior", "flow", "--steps", "60", "--out", str(out)]
-    assert main([*argv, "--set", "transforms=2"]) == 0
+    assert main([*argv, "--set", "prior.transforms=2"]) == 0
     src, _ = load_run(run_dir)
     two, cfg = load_run(out)
     assert cfg.method["prior"] == "flow" and cfg.method["prior_args"] == {"transforms": 2}

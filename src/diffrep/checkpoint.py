@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -304,9 +305,15 @@ def load_state(ckpt_dir: str | Path, manifest: dict[str, Any] | None = None) -> 
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         step = int(state["step"])
-    except Exception as e:
+    except pickle.UnpicklingError:  # weights_only refused an object: nothing of it ran
         raise UserError(
-            f"checkpoint file {str(path)!r} cannot be read ({e}); fix: {_FIX}"
+            f"checkpoint file {str(path)!r} holds objects other than tensors and plain "
+            f"containers (refused unread: loading it could run code); fix: {_FIX}"
+        ) from None
+    except Exception as e:
+        why = " ".join(str(e).split())[:200]  # one line
+        raise UserError(
+            f"checkpoint file {str(path)!r} cannot be read ({why}); fix: {_FIX}"
         ) from None
     if step != int(manifest["step"]):
         raise UserError(

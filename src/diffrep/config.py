@@ -112,9 +112,12 @@ def config_from_dict(raw: dict | None) -> Config:
         )
     from diffrep.methods import METHODS
 
+    if not isinstance(raw.get("method") or {}, dict):
+        raise UserError(
+            f"method: expected a mapping like {{name: vae, latent_dim: 16}}, got "
+            f"{raw['method']!r}; fix: write `method:` and below it `  name: {raw['method']}`"
+        )
     method = dict(raw.get("method") or {})
-    if not isinstance(raw.get("method", {}), dict):
-        raise UserError("method: expected a mapping like {name: vae, latent_dim: 16}")
     method.setdefault("name", "vae")
     ctor = METHODS.get(method["name"])
     args = {k: v for k, v in method.items() if k != "name"}
@@ -170,9 +173,15 @@ def read_yaml(path: str | Path) -> dict:
             f"config file {str(p)!r} not found; pass a YAML file such as configs/vae-digits.yaml"
         )
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(
+            f"config file {str(p)!r} is not text (not UTF-8); fix: pass a YAML file such as "
+            "configs/vae-digits.yaml"
+        ) from None
     except yaml.YAMLError as e:
-        raise UserError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        msg = " ".join(str(e).split())  # one line
+        raise UserError(f"config file {str(p)!r} is not valid YAML: {msg}") from None
     if not isinstance(raw, dict):
         raise UserError(
             f"config file {str(p)!r} must hold a mapping of sections ({', '.join(SECTIONS)})"

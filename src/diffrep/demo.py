@@ -3,8 +3,9 @@
 Three VAEs with the same encoder and decoder, differing only in their prior (Gaussian, masked
 autoregressive flow, DDPM over z), are trained on scikit-learn's embedded 8x8 digits, evaluated
 and reported; the demo's own report ends with the comparison table and the three sample grids.
-Each stage is skipped when its output already exists, so an interrupted demo picks up where it
-stopped.
+Ctrl-C (or SIGTERM) stops the whole demo after saving the current model's checkpoint; running
+the demo again resumes every unfinished model to its full length, evaluates what changed and
+skips what is done.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def demo_config(prior: str, steps: int, device: str | None):
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | None = None) -> Path:
-    from diffrep.checkpoint import has_checkpoint
+    from diffrep.checkpoint import checkpoint_step, has_checkpoint
+    from diffrep.errors import Interrupted
     from diffrep.report import compare, write_comparison_report, write_report
     from diffrep.runs import run_eval, train_from_config
 
@@ -50,9 +52,20 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | Non
         run_dirs.append(run_dir)
         say(f"[{i}/{len(PRIORS)}] VAE with a {prior} prior -> {run_dir}")
         cfg = demo_config(prior, steps, device)
-        if not (run_dir / "checkpoint" / "manifest.json").is_file():
-            train_from_config(cfg, run_dir, resume=has_checkpoint(run_dir / "checkpoint"), log=say)
-        if not (run_dir / "eval.json").is_file():
+        resume = has_checkpoint(run_dir / "checkpoint")
+        trained = False
+        done = checkpoint_step(run_dir / "checkpoint") if resume else 0
+        if done < steps:
+            if resume:
+                say(f"resuming the unfinished run from step {done}")
+            summary = train_from_config(cfg, run_dir, resume=resume, log=say)
+            if summary.get("interrupted"):
+                raise Interrupted(
+                    f"{run_dir} saved at step {summary['step']} of {steps}; run the demo again "
+                    "to resume it"
+                )
+            trained = True
+        if trained or not (run_dir / "eval.json").is_file():
             run_eval(run_dir, device=cfg.train.device if cfg.train.device != "auto" else "cpu")
         write_report(run_dir)
     table = compare(run_dirs, headline_only=True)

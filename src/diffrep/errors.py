@@ -9,3 +9,7 @@ exceptions so that they do show their traceback.
 
 class UserError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
+
+
+class Interrupted(Exception):
+    """A command stopped by Ctrl-C / SIGTERM after saving its work (the CLI exits 130)."""

@@ -95,7 +95,7 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str = "cpu"):
 
 def run_eval(run_dir: str | Path, cfg=None, device: str = "cpu", ema: bool = True) -> dict:
     """Evaluate the run in `run_dir` (its config's eval section unless `cfg`), write eval.json."""
-    from diffrep.eval.suite import evaluate, write_eval
+    from diffrep.eval.suite import evaluate, merge_eval, read_eval, write_eval
 
     method, config = load_run(run_dir, ema=ema, device=device)
     cfg = cfg or config.eval
@@ -103,33 +103,188 @@ def run_eval(run_dir: str | Path, cfg=None, device: str = "cpu", ema: bool = Tru
     train = d.load(d.train_split)
     test = d.load(d.eval_split)
     result = evaluate(method, train, test, cfg, run_dir=run_dir)
-    write_eval(run_dir, result)
-    if result.get("errors"):
-        msgs = "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
-        raise UserError(f"eval.json written without {', '.join(result['errors'])} ({msgs})")
-    return result
+    errors = result.pop("errors", {})
+    old = read_eval(run_dir)  # merged into, never replaced: a failed family keeps its numbers
+    merged = merge_eval(old, result, errors, ran=cfg.metrics)
+    write_eval(run_dir, merged)
+    if errors:
+        msgs = "; ".join(f"{k}: {v}" for k, v in errors.items())
+        kept = " (earlier results kept)" if old else ""
+        raise UserError(f"eval.json written without new {', '.join(errors)}{kept} ({msgs})")
+    return merged
+
+
+# What `diffrep train` writes into a run directory (and `--overwrite` removes first).
+RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "report.html")
+RUN_DIRS = ("checkpoint", "checkpoint.new", "checkpoint.old", "figures", "tb")
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Refuse (UserError) before any work when `path` cannot be written: a file where a
+    directory is needed, or no permission. `path` is a directory to create or fill; its
+    missing parents are fine when the nearest existing one is writable."""
+    import tempfile
+
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(
+            f"{what} {str(path)!r}: {str(probe)!r} is a file, not a directory; fix: another path"
+        )
+    try:  # a real probe: permissions, read-only mounts, quotas (os.access misses some)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"{what} {str(path)!r} is not writable ({e.strerror or e}: {str(probe)!r}); "
+            "fix: a directory you can write to"
+        ) from None
+    return path
+
+
+def check_output_file(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """An output file: its suffix names a format we write, and its directory is writable."""
+    path = Path(path)
+    if path.suffix.lower() not in suffixes:
+        raise UserError(
+            f"{what} {str(path)!r}: diffrep writes {' or '.join(s[1:].upper() for s in suffixes)}"
+            f" here; fix: name the file *{suffixes[0]}"
+        )
+    if path.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a directory; fix: a file name")
+    check_writable(path.parent, what=f"{what} directory")
+    return path
+
+
+def holds_weights(run_dir: str | Path) -> bool:
+    """True when run_dir has checkpoint files (complete or not): never replaced silently."""
+    run_dir = Path(run_dir)
+    return any(
+        f.is_file() for d in ("checkpoint", "checkpoint.new", "checkpoint.old")
+        for f in (run_dir / d).glob("*")
+    )  # fmt: skip
+
+
+def _check_resume(out: Path, cfg, data, method) -> None:
+    """A resume continues the run in `out` as configured there: refuse (writing nothing) when
+    the method, its arguments, the dataset or the data differ from what the checkpoint holds."""
+    from diffrep.checkpoint import has_checkpoint, load_checkpoint
+
+    if not has_checkpoint(out / "checkpoint"):
+        if holds_weights(out):
+            raise UserError(
+                f"--resume: {out}/checkpoint holds weights but no complete checkpoint "
+                "(manifest.json missing or the save was cut short), so it cannot be continued; "
+                "fix: train into a new --out, or pass --overwrite (without --resume) to replace it"
+            )
+        raise UserError(f"--resume: {out} has no checkpoint/ to continue from; drop --resume")
+    old = read_run_info(out)
+    now = {
+        "method": cfg.method_name,
+        "data_shape": list(data.shape),
+        "dataset": cfg.data.name,
+        **{f"method.{k}": v for k, v in _plain(cfg.method_args).items()},
+    }
+    was = {
+        "method": old.get("method"),
+        "data_shape": list(old.get("data_shape", [])),
+        "dataset": old.get("dataset"),
+        **{f"method.{k}": v for k, v in _plain(old.get("method_args", {})).items()},
+    }
+    changed = [k for k in sorted(set(now) | set(was)) if now.get(k) != was.get(k)]
+    if changed:
+        diffs = ", ".join(f"{k}: {was.get(k)!r} in the run, {now.get(k)!r} now" for k in changed)
+        raise UserError(
+            f"--resume: {out} was trained with different settings ({diffs}); nothing was "
+            "changed; fix: resume with the run's own config.yaml, or train into a new --out"
+        )
+    extra = load_checkpoint(out / "checkpoint", method)["extra"]  # verifies files and shapes
+    n = int(extra.get("data", {}).get("n", len(data)))
+    if n != len(data):
+        raise UserError(
+            f"--resume: {out} was trained on {n} images but the data has {len(data)}; nothing "
+            "was changed; fix: resume with the run's own data config or train into a new --out"
+        )
+
+
+def _check_fresh(out: Path, overwrite: bool) -> None:
+    """A fresh run never replaces weights, nor writes into a directory that is not a run,
+    without --overwrite."""
+    from diffrep.checkpoint import has_checkpoint
+
+    if overwrite:
+        return
+    if has_checkpoint(out / "checkpoint"):
+        raise UserError(
+            f"{out} already holds a trained run; fix: --resume to continue it, a new --out, "
+            "or --overwrite to replace it"
+        )
+    if holds_weights(out):
+        raise UserError(
+            f"{out}/checkpoint holds weights (an incomplete checkpoint); fix: a new --out, or "
+            "--overwrite to replace them"
+        )
+    if out.is_dir() and not (out / "run.json").is_file():
+        others = sorted(p.name for p in out.iterdir())
+        if others:
+            shown = ", ".join(others[:4]) + (", ..." if len(others) > 4 else "")
+            raise UserError(
+                f"{out} exists and is not a diffrep run directory (it holds {shown}); fix: a new "
+                "or empty --out, or --overwrite to write the run's files into it anyway"
+            )
+
+
+def _clear_run(out: Path) -> None:
+    import shutil
+
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists, recursively (run.json's JSON view of method arguments)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def train_from_config(
-    cfg, out: str | Path, resume: bool = False, log=print, **train_kwargs
+    cfg, out: str | Path, resume: bool = False, log=print, overwrite: bool = False, **train_kwargs
 ) -> dict:
     """Load the data, build the method, write the run info and train: `diffrep train`'s body.
 
-    `train_kwargs` go to `diffrep.train.train` (progress, callback, eval_hook).
+    Every check (writable directory, nothing replaced without `overwrite`, a resume that fits
+    the checkpoint) comes before anything is written. `overwrite` removes an earlier run's
+    files and weights first. `train_kwargs` go to `diffrep.train.train` (progress, callback,
+    eval_hook). The returned summary's "interrupted" is True when a signal stopped training.
     """
-    from diffrep.checkpoint import has_checkpoint
+    from diffrep import distributed as dist_utils
     from diffrep.frozen import dependencies, expect_dependencies
     from diffrep.methods import build_method
-    from diffrep.train import describe_param_groups, param_groups, seed_everything, train
+    from diffrep.train import (
+        _check_data,
+        describe_param_groups,
+        param_groups,
+        resolve_device,
+        seed_everything,
+        train,
+    )
 
     out = Path(out)
-    has_ckpt = has_checkpoint(out / "checkpoint")
-    if resume and not has_ckpt:
-        raise UserError(f"--resume: {out} has no checkpoint/ to continue from; drop --resume")
-    if not resume and has_ckpt:
-        raise UserError(
-            f"{out} already holds a trained run; pass --resume to continue it or a new --out"
-        )
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it; pass one of them")
+    check_writable(out, what="run directory")
+    if not resume:
+        _check_fresh(out, overwrite)
+    resolve_device(cfg.train.device)  # a missing GPU is refused before anything is written
     d = cfg.data
     data = d.load(d.train_split)
     seed_everything(cfg.train.seed)  # reproducible initial weights
@@ -137,7 +292,12 @@ def train_from_config(
     recorded = read_run_info(out).get("dependencies") if resume else None
     with expect_dependencies(recorded, str(out)):
         method = build_method(cfg.method_name, data.shape, **cfg.method_args)
+    if resume:
+        _check_resume(out, cfg, data, method)  # loads the weights train() will load anyway
+    _check_data(method, data, cfg.train, dist_utils.detect()[2])  # train()'s checks, up front
     if int(os.environ.get("RANK", "0")) == 0:
+        if overwrite:
+            _clear_run(out)
         groups = describe_param_groups(param_groups(method))
         write_run_info(out, cfg, data.shape, param_groups=groups, dependencies=dependencies(method))
         n_params = sum(p.numel() for p in method.parameters())

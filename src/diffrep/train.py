@@ -340,6 +340,11 @@ def _check_data(method: nn.Module, data: Any, cfg: TrainConfig, world: int) -> N
             f"the method was built for images {tuple(want)} but the data has "
             f"{tuple(images.shape[1:])}; fix: build the method with data.shape"
         )
+    if cfg.batch_size > len(images):
+        raise UserError(
+            f"train.batch_size={cfg.batch_size} is larger than the {len(images)} training images "
+            f"(every batch would repeat images); fix: train.batch_size <= {len(images)}"
+        )
     if cfg.batch_size % world:
         raise UserError(
             f"train.batch_size={cfg.batch_size} does not split over {world} processes; "
@@ -584,11 +589,15 @@ def _train_step(run: _Run, stop: _StopSignals, autocast, t_start: float) -> _Ste
     run.train_time = sync[3].item() / info.world_size
     if not math.isfinite(loss_val) or not math.isfinite(gnorm_val):
         what = "loss" if not math.isfinite(loss_val) else "gradient norm"
+        kept = (
+            f"the last good checkpoint in {run.ckpt_dir} was not touched"
+            if has_checkpoint(run.ckpt_dir)
+            else "no checkpoint was written (the run has no good weights yet)"
+        )
         raise UserError(
             f"the {what} became {loss_val if what == 'loss' else gnorm_val} at step "
             f"{step + 1} (lr {lr:.3g}); fix: lower train.lr, raise train.warmup or "
-            f"set train.grad_clip, and check the data for NaN/inf; the last good "
-            f"checkpoint in {run.ckpt_dir} was not touched"
+            f"set train.grad_clip, and check the data for NaN/inf; {kept}"
         )
     run.opt.step()
     if run.ema is not None:

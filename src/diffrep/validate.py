@@ -71,6 +71,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):  # "1e3": PyYAML reads exponent notation without a dot as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise UserError(f"{key}: expected an integer, got {value!r}")

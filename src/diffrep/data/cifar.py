@@ -89,9 +89,9 @@ def cifar10(split: str, root: str | None) -> ImageData:
                 class_names=_class_names(d),
                 source=str(d),
             )
-    where = "\n  ".join(str(d) for d in dirs)
-    raise UserError(
-        f"cifar10 {split} split not found: need {', '.join(names)} (binary version) in one of:\n"
-        f"  {where}\nfix: run `diffrep data fetch cifar10` (or `--root DIR`), set DIFFREP_DATA, "
+    where = ", ".join(str(d) for d in dirs)
+    raise UserError(  # one line: the CLI prints it as is
+        f"cifar10 {split} split not found: need {', '.join(names)} (binary version) in one of: "
+        f"{where}; fix: run `diffrep data fetch cifar10` (or `--root DIR`), set DIFFREP_DATA, "
         "or pass data.root"
     )

@@ -28,7 +28,13 @@ def describe_datasets() -> str:
 
 def describe_dataset(name: str, root=None, **options) -> str:
     """Shape, size of every split, classes, factors and where each split was found."""
+    return dataset_report(name, root, **options)[0]
+
+
+def dataset_report(name: str, root=None, **options) -> tuple[str, list[str]]:
+    """(describe_dataset's text, the splits that were not found)."""
     info = INFO.get(name) or DATASETS.get(name)  # DATASETS.get raises the UserError
+    missing: list[str] = []
     lines = [f"{name}: {info.description}"]
     roots = [str(r) for r in data_roots(root)]
     lines.append(f"searched roots: {', '.join(roots)}" if info.fetchable else info.files)
@@ -38,6 +44,7 @@ def describe_dataset(name: str, root=None, **options) -> str:
             d = load_dataset(name, split, root=root, **options)
         except UserError as e:
             lines.append(f"  {split}: MISSING: {e}")
+            missing.append(split)
             continue
         if first is None:
             first = d
@@ -55,4 +62,4 @@ def describe_dataset(name: str, root=None, **options) -> str:
         if first.factor_names:
             fs = ", ".join(f"{n} ({k})" for n, k in zip(first.factor_names, first.factor_kinds))
             lines.append(f"factors: {fs}")
-    return "\n".join(lines)
+    return "\n".join(lines), missing

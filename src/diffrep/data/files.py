@@ -133,6 +133,11 @@ def folder(
     test_fraction: float = 0.1,
 ) -> ImageData:
     p = _need_path("folder", path)
+    if not p.is_dir():
+        raise UserError(
+            f"folder: {p} is a file, not a directory; fix: set data.options.path to a directory "
+            "of images (or use dataset npz for a .npz file)"
+        )
     if (p / "train").is_dir() or (p / "test").is_dir():
         if split == "all":
             raise UserError(f"{p} has train/ and test/ folders; fix: use split train+test")

@@ -98,9 +98,9 @@ def find_split_files(name: str, split: str, root=None) -> tuple[Path, Path]:
         if all(found):
             return found[0], found[1]  # type: ignore[return-value]
     wanted = " and ".join(f"{s}[.gz]" for s in stems)
-    where = "\n  ".join(str(d) for d in dirs)
-    raise UserError(
-        f"{name} {split} split not found: need {wanted} in one of:\n  {where}\n"
+    where = ", ".join(str(d) for d in dirs)
+    raise UserError(  # one line: the CLI prints it as is
+        f"{name} {split} split not found: need {wanted} in one of: {where}; "
         f"fix: run `diffrep data fetch {name}` (or `--root DIR`), set DIFFREP_DATA to the "
         f"directory that holds the files, or pass data.root"
     )

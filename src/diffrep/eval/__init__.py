@@ -87,6 +87,12 @@ class EvalConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_samples", "kid_subset_size"):  # a covariance / an unbiased MMD^2
+            if getattr(self, name) < 2:
+                raise ValueError(
+                    f"{name} must be >= 2 (FID and KID compare sets of samples), got "
+                    f"{getattr(self, name)}; fix: e.g. {name}=1000"
+                )
         for name in ("max_eval", "max_train", "iw_max_examples"):
             v = getattr(self, name)
             if v is not None and v < 2:

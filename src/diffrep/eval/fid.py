@@ -89,6 +89,13 @@ def kid_from_features(
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
+    if m < subset_size:
+        warnings.warn(
+            f"KID from subsets of {m} samples (kid_subset_size={subset_size} asked for more than "
+            f"the {min(len(f1), len(f2))} available): the estimate is noisier and the subsets "
+            "overlap; use more samples (eval.n_samples) for a comparable KID",
+            stacklevel=2,
+        )
     d = f1.shape[1]
     rng = np.random.default_rng(seed)
     vals = np.empty(subsets)

@@ -7,9 +7,11 @@ A metric family is a function `family(ctx: EvalContext) -> dict` registered in `
 evaluation (DDIM steps against FID, a schedule plot) registers one more family, and the report
 shows its numbers and figures without changes.
 
-A family that fails with a `UserError` (e.g. Inception FID without the weights file) does not stop
-the others: the message goes into eval.json["errors"][family], and `run_eval` raises one
-UserError naming every failed family after writing eval.json.
+A family that fails with a `UserError` (e.g. Inception FID without the weights file), or whose
+numbers come out NaN/inf (e.g. NaN weights), does not stop the others: its message goes into
+eval.json["errors"][family] and none of its numbers are kept. `run_eval` merges the new results
+into an existing eval.json (a failed or partial evaluation never erases earlier metrics), writes
+it, then raises one UserError naming every failed family.
 
 This module registers the general families (likelihood, probe, latent, recon, fid, inception);
 `diffrep.eval.diffusion` (schedule, ddim_steps, memorisation), `collapse` and `codes` (code-
@@ -197,6 +199,19 @@ def _merge(into: dict, new: dict) -> None:
             into[k] = v
 
 
+def _non_finite(obj, path: str = "") -> list[str]:
+    """Paths of NaN/inf floats in a family's result, e.g. ["bpd=nan"]."""
+    if isinstance(obj, dict):
+        return [b for k, v in obj.items() for b in _non_finite(v, f"{path}{k}.")]
+    if isinstance(obj, (list, tuple)):
+        return [b for i, v in enumerate(obj) for b in _non_finite(v, f"{path}{i}.")]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+        return [f"{path[:-1]}={obj}"]
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f" and not np.isfinite(obj).all():
+        return [f"{path[:-1]}=[non-finite]"]
+    return []
+
+
 def evaluate(
     method,
     train_data,
@@ -232,7 +247,14 @@ def evaluate(
     for name in cfg.metrics:
         t0 = time.perf_counter()
         try:
-            _merge(result, EVALS.get(name)(ctx))
+            out = EVALS.get(name)(ctx)
+            bad = _non_finite(out)
+            if bad:
+                raise UserError(
+                    f"non-finite results ({', '.join(bad[:4])}); the weights or the data hold "
+                    "NaN/inf; fix: evaluate a run whose checkpoint trained to a finite loss"
+                )
+            _merge(result, out)
         except UserError as e:
             errors[name] = str(e)
         result["seconds"][name] = round(time.perf_counter() - t0, 3)
@@ -247,3 +269,25 @@ def write_eval(run_dir: str | Path, result: dict) -> Path:
     path = Path(run_dir) / "eval.json"
     atomic.write_json(path, result)
     return path
+
+
+def read_eval(run_dir: str | Path) -> dict:
+    """RUN_DIR/eval.json, or {} when there is none (or it cannot be read)."""
+    try:
+        old = json.loads((Path(run_dir) / "eval.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def merge_eval(old: dict, new: dict, errors: dict, ran) -> dict:
+    """`new` merged over `old`: families that failed now keep their earlier numbers;
+    "errors" lists the current failures and earlier ones of families not run now."""
+    merged = json.loads(json.dumps(old))  # a deep copy
+    _merge(merged, new)
+    merged["figures"] = list(dict.fromkeys([*old.get("figures", []), *new.get("figures", [])]))
+    kept = {k: v for k, v in (old.get("errors") or {}).items() if k not in ran}
+    merged.pop("errors", None)
+    if kept or errors:
+        merged["errors"] = {**kept, **errors}
+    return merged

@@ -111,6 +111,23 @@ class Method(nn.Module):
     def capabilities(self) -> list[str]:
         return [c for c in _OPTIONAL if self.can(c)]
 
+    def sample_options(self) -> set[str]:
+        """Keyword options `sample()` uses (e.g. {"sampler", "steps"}); the CLI refuses the
+        others rather than let `**kw` swallow them silently."""
+        return named_options(self.sample)
+
+
+def named_options(fn: Any) -> set[str]:
+    """Named keyword parameters of `fn` beyond (n, generator, progress)."""
+    import inspect
+
+    return {
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        and p.name not in ("n", "generator", "progress")
+    }
+
 
 def build_method(name: str, data_shape: tuple[int, int, int], **kwargs: Any) -> Method:
     """Build a registered method from its name, the data shape and its constructor arguments."""

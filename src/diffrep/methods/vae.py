@@ -25,7 +25,8 @@ from diffrep.distributions import (
     pixel_mean,
     reparameterise,
 )
-from diffrep.methods.base import METHODS, Batch, Method
+from diffrep.errors import UserError
+from diffrep.methods.base import METHODS, Batch, Method, named_options
 from diffrep.methods.kl_control import KLControl
 from diffrep.nets.encoders import ConvDecoder, ConvEncoder
 from diffrep.priors import build_prior
@@ -60,8 +61,10 @@ class VAE(Method):
                 loss (Kingma et al. 2016); needs a prior with a per-dimension KL (gaussian).
         """
         super().__init__(data_shape)
-        if latent_dim < 1:
-            raise ValueError("latent_dim must be >= 1")
+        if latent_dim < 1:  # (width: ConvEncoder; beta: KLControl)
+            raise UserError(
+                f"vae: latent_dim must be >= 1, got latent_dim={latent_dim}; fix: e.g. 16"
+            )
         c = self.data_shape[0]
         self.latent_dim = latent_dim
         self.likelihood = likelihood
@@ -146,6 +149,9 @@ class VAE(Method):
     def sample(self, n: int, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
         z = self.prior.sample(n, generator=generator, **kw).to(self.device)
         return self.decode(z)
+
+    def sample_options(self) -> set[str]:
+        return named_options(self.prior.sample)  # sampling options are the prior's
 
     @torch.no_grad()
     def nll_iw(self, x0: torch.Tensor, k: int = 64, chunk: int = 16) -> torch.Tensor:

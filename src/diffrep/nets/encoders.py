@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffrep.errors import UserError
+
 
 def _num_groups(channels: int) -> int:
     for g in (8, 4, 2, 1):
@@ -48,6 +50,13 @@ class ConvBlock(nn.Module):
         return x + self.net(x)
 
 
+def _check_sizes(where: str, **sizes: int) -> None:
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if bad:
+        got = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise UserError(f"{where}: sizes must be >= 1, got {got}; fix: e.g. width=32")
+
+
 class ConvEncoder(nn.Module):
     """x [B, C, H, W] -> [B, out_dim]."""
 
@@ -60,6 +69,7 @@ class ConvEncoder(nn.Module):
         cond_dim: int = 0,
     ):
         super().__init__()
+        _check_sizes("ConvEncoder", out_dim=out_dim, width=width, max_mult=max_mult)
         c, h, w = in_shape
         self.sizes = size_sequence(h, w)
         chans = [width * min(2**i, max_mult) for i in range(len(self.sizes))]
@@ -111,6 +121,7 @@ class ConvDecoder(nn.Module):
         max_mult: int = 4,
     ):
         super().__init__()
+        _check_sizes("ConvDecoder", z_dim=z_dim, width=width, max_mult=max_mult)
         _, h, w = out_shape
         self.sizes = size_sequence(h, w)[::-1]  # bottleneck first
         n = len(self.sizes)
