@@ -20,6 +20,8 @@ conditioned diffusion decoders) register theirs and are imported here so `evalua
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
