@@ -126,7 +126,7 @@ def test_fit_prior_makes_a_two_stage_run_that_eval_and_sample_use(run_dir, tmp_p
     bad = ["fit-prior", str(run_dir), "--out", str(tmp_path / "x")]
     assert "unknown prior 'flw'" in _error(capsys, [*bad, "--prior", "flw"])
     assert "unknown option 'tranforms'" in _error(
-        capsys, [*bad, "--prior", "flow", "--set", "tranforms=2"]
+        capsys, [*bad, "--prior", "flow", "--set", "prior.tranforms=2"]
     )
 
 

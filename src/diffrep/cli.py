@@ -264,6 +264,7 @@ def cmd_sample(args) -> int:
 
     from diffrep.data import to_uint8
     from diffrep.eval.plots import image_grid
+    from diffrep import atomic
     from diffrep.runs import check_output_file, load_run
 
     if args.n < 1:
@@ -284,8 +285,7 @@ def cmd_sample(args) -> int:
     gen = torch.Generator(device=device).manual_seed(args.seed)
     x = method.sample(args.n, generator=gen, **kw)
     images = to_uint8(x.cpu()).numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(image_grid(images, nrow=max(1, math.isqrt(args.n - 1) + 1)))
+    atomic.write_bytes(out, image_grid(images, nrow=max(1, math.isqrt(args.n - 1) + 1)))
     _say(f"wrote {args.n} samples to {args.out}")
     return 0
 
