@@ -1,8 +1,8 @@
 """Run diffrep's benchmarks and render one page: `make bench` / `make bench-quick`.
 
-Each benchmark (train_step, sampling, eval_speed, trainer_overhead, scaling) prints its table
-and writes OUT/NAME.json in one schema (see harness.py); then OUT/bench.html shows them all with
-a plot per benchmark. The GPU is used when torch sees one, the CPU otherwise.
+Each benchmark (train_step, sampling, eval_speed, trainer_overhead, scaling, threads) prints its
+table and writes OUT/NAME.json in one schema (see harness.py); then OUT/bench.html shows them all
+with a plot per benchmark. The GPU is used when torch sees one, the CPU otherwise.
 
     python benchmarks/bench.py --quick            # a few minutes on 2 CPU cores
     python benchmarks/bench.py                    # the full run (about 45 minutes on 2 CPU cores)
@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ("train_step", "sampling", "eval_speed", "trainer_overhead", "scaling")
+BENCHMARKS = ("train_step", "sampling", "eval_speed", "trainer_overhead", "scaling", "threads")
 
 
 def main(argv: list[str] | None = None) -> int:

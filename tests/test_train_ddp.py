@@ -1,5 +1,6 @@
 """Two-process torchrun training on CPU (gloo): identical weights on both ranks, rank 0 alone
-writes files, and the result matches a single-process run with the same global batch."""
+writes files, each step's global batch is the single-process one split in two (data order), and
+the result matches a single-process run with the same global batch."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import torch
 
 SCRIPT = textwrap.dedent(
     '''
-    import json, os, sys
+    import dataclasses, json, os, sys
     from pathlib import Path
+
+    import numpy as np
 
     import torch
     from torch import nn
@@ -33,8 +36,10 @@ SCRIPT = textwrap.dedent(
             super().__init__(data_shape)
             self.enc = nn.Linear(self.dim, 6)
             self.dec = nn.Linear(6, self.dim)
+            self.seen = []  # the example indices of every batch (labels = indices below)
 
         def loss(self, batch):
+            self.seen.append(batch["y"].tolist())
             x = batch["x0"].flatten(1)
             err = ((self.dec(torch.tanh(self.enc(x))) - x) ** 2).sum(1)
             return {"loss": err, "mse": err / self.dim}
@@ -42,13 +47,15 @@ SCRIPT = textwrap.dedent(
 
     def run(base, rank):
         torch.set_num_threads(1)
-        data = load_dataset("digits", "train").subset(slice(0, 64))
+        data = load_dataset("digits", "train").subset(slice(0, 40))  # 6 x 8 > 40: two epochs
+        data = dataclasses.replace(data, labels=np.arange(40), num_classes=40)
         torch.manual_seed(rank)  # a different init per rank: DDP must broadcast rank 0's
         method = Det(data.shape)
         cfg = TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup=2, log_every=2, ckpt_every=3,
                           ema=0.9, device="cpu")
         summary = train(method, data, base / f"run{rank}", cfg)
         torch.save(method.state_dict(), base / f"params{rank}.pt")
+        (base / f"order{rank}.json").write_text(json.dumps(method.seen))
         (base / f"summary{rank}.json").write_text(json.dumps(summary))
 
 
@@ -83,6 +90,7 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     assert [r["step"] for r in rows] == [2, 4, 6]
     s0, s1 = (json.loads((ddp / f"summary{r}.json").read_text()) for r in (0, 1))
     assert s0["loss"] == s1["loss"] and s0["step"] == s1["step"] == 6
+    o0, o1 = (json.loads((ddp / f"order{r}.json").read_text()) for r in (0, 1))
 
     # one process on the whole global batch of 8 follows the same trajectory (up to rounding
     # of the gradient all-reduce), which checks the batch sharding and the gradient averaging
@@ -97,6 +105,12 @@ def test_two_process_torchrun_matches_single_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     ref = torch.load(single / "params0.pt", weights_only=True)
+    # the data order: each step's global batch of the 1-process run, split in two in rank order
+    order = json.loads((single / "order0.json").read_text())
+    assert len(order) == len(o0) == len(o1) == 6
+    assert [a + b for a, b in zip(o0, o1)] == order
+    assert [len(a) for a in o0] == [4] * 6
+    assert len({i for b in order[:5] for i in b}) == 40  # the first epoch covers every example
     for k in p0:
         torch.testing.assert_close(p0[k], ref[k], rtol=1e-5, atol=1e-6)
     torch.manual_seed(0)  # training moved the weights far beyond that tolerance: the check bites

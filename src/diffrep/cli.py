@@ -4,7 +4,7 @@ Every user mistake surfaces as `UserError`: one message on stderr, exit code 2, 
 A run stopped by Ctrl-C / SIGTERM saves its checkpoint and exits 130 (EXIT_INTERRUPTED).
 
 On a shared machine, OpenMP worker threads that spin while waiting are descheduled behind other
-jobs and make a run many times slower (benchmarks/threads.py), so `main` asks for passive
+jobs and make a run many times slower (benchmarks/bench_threads.py), so `main` asks for passive
 waiting before torch loads (unless OMP_WAIT_POLICY is set) and runs on DEFAULT_THREADS threads
 unless `--threads` says otherwise.
 """
@@ -33,7 +33,7 @@ SIGTERM; a training run saved its checkpoint: continue it with --resume).
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention; also used for SIGTERM
-# Intra-op threads when --threads is not given (measured in benchmarks/threads.py: the small
+# Intra-op threads when --threads is not given (measured in benchmarks/bench_threads.py: the small
 # CPU models diffrep's configs train are as fast on 1 thread as on 2 when the machine is idle,
 # and several times faster when other jobs keep the cores busy).
 DEFAULT_THREADS = 1
@@ -262,9 +262,9 @@ def cmd_sample(args) -> int:
 
     import torch
 
+    from diffrep import atomic
     from diffrep.data import to_uint8
     from diffrep.eval.plots import image_grid
-    from diffrep import atomic
     from diffrep.runs import check_output_file, load_run
 
     if args.n < 1:
