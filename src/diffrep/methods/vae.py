@@ -28,7 +28,7 @@ from diffrep.distributions import (
 from diffrep.errors import UserError
 from diffrep.methods.base import METHODS, Batch, Method, named_options
 from diffrep.methods.kl_control import KLControl
-from diffrep.nets.encoders import ConvDecoder, ConvEncoder
+from diffrep.nets.encoders import ConvDecoder, GaussianConvEncoder
 from diffrep.priors import build_prior
 
 
@@ -69,7 +69,7 @@ class VAE(Method):
         self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
-        self.encoder = ConvEncoder(self.data_shape, 2 * latent_dim, width=width)
+        self.encoder = GaussianConvEncoder(self.data_shape, latent_dim, width=width)
         self.decoder = ConvDecoder(
             latent_dim, self.data_shape, LIKELIHOOD_CHANNELS[likelihood] * c, width=width
         )
@@ -83,8 +83,7 @@ class VAE(Method):
     # -------------------------------------------------------------- parts
 
     def posterior(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, logvar = self.encoder(x0).chunk(2, dim=1)  # [B, Z] each
-        return mean, logvar.clamp(-12.0, 8.0)  # keeps exp(logvar) finite early in training
+        return self.encoder(x0)  # (mean, logvar) [B, Z] each, logvar clamped
 
     def log_likelihood(self, x0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x | z) per example [B] in nats."""
