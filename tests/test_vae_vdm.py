@@ -127,3 +127,13 @@ def test_collapse_and_code_sample_families_on_a_tiny_run(tmp_path):
     # a method without a code-conditioned decoder is skipped
     vdm = build_method("vdm", SHAPE, unet=UNET, sample_steps=3)
     assert "collapse" not in evaluate(vdm, data, data, cfg)
+
+
+def test_sample_takes_the_decoders_sampler_and_steps():
+    from diffrep.eval.diffusion import takes_sampler_and_steps
+
+    m = tiny().eval()
+    assert takes_sampler_and_steps(m)  # `diffrep sample --sampler/--steps` and ddim_steps apply
+    a, b = (m.sample(2, torch.Generator().manual_seed(0), sampler="ddim", steps=2) for _ in "ab")
+    assert a.shape == (2, *SHAPE)
+    torch.testing.assert_close(a, b)  # w from the generator, then deterministic DDIM

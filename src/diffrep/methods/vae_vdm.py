@@ -154,11 +154,21 @@ class VAEVDM(Method):
         return self.diffusion.sample(x0.shape[0], cond=self.encode(x0), generator=generator)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, **kw: Any):
-        """w ~ p(w), then x ~ p(x | w) (seed 000's guided generation); sampler, steps, x_T, ...
-        pass through to `PixelDiffusion.sample`."""
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        sampler: str = "ancestral",
+        steps: int | None = None,
+        **kw: Any,
+    ) -> torch.Tensor:
+        """w ~ p(w), then x ~ p(x | w) (seed 000's guided generation) with the decoder's
+        sampler ("ancestral" | "ddim" | "ode"); x_T, progress, ... pass through."""
         w = self.prior.sample(n, generator=generator).to(self.device)
-        return self.diffusion.sample(n, cond=w, generator=generator, **kw)
+        return self.diffusion.sample(
+            n, cond=w, sampler=sampler, steps=steps, generator=generator, **kw
+        )
 
     @torch.no_grad()
     def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
