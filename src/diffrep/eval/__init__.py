@@ -28,6 +28,8 @@ DEFAULT_METRICS = ("likelihood", "probe", "latent", "recon", "fid")
 DEFAULT_METRICS += ("schedule", "ddim_steps", "memorisation", "loss_vs_t")
 # diffrep.eval.collapse / codes: methods with a code-conditioned diffusion decoder (vae_vdm, drl)
 DEFAULT_METRICS += ("collapse", "code_samples")
+# diffrep.eval.guidance's families (code-guided diffusion: PDAE; others skip them)
+DEFAULT_METRICS += ("posterior_gap", "critical_stage")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class EvalConfig:
     kid_subsets: int = 50
     inception_weights: str | None = None  # pt_inception-2015-12-05 weights for "inception"
     ddim_steps: tuple[int, ...] = (10, 25, 50, 100)  # "ddim_steps": domain FID per step count
+    # code-guided diffusion (diffrep.eval.guidance)
+    gap_bins: int = 10  # "posterior_gap": equal t bins
+    stage_grid: int = 5  # "critical_stage": (t1, t2) on the grid k / stage_grid
+    stage_steps: int = 50  # ancestral steps per mixed sample
+    stage_examples: int = 200  # source images per (t1, t2)
     # pictures
     grid_images: int = 64
 
@@ -83,6 +90,10 @@ class EvalConfig:
             "kid_subset_size",
             "kid_subsets",
             "grid_images",
+            "gap_bins",
+            "stage_grid",
+            "stage_steps",
+            "stage_examples",
         )
         for name in positive:
             if getattr(self, name) < 1:

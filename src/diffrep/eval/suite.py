@@ -37,6 +37,7 @@ from diffrep.eval import EvalConfig
 from diffrep.eval import codes as _codes  # noqa: F401
 from diffrep.eval import collapse as _collapse  # noqa: F401
 from diffrep.eval import diffusion as _diffusion  # noqa: F401
+from diffrep.eval import guidance as _guidance  # noqa: F401
 from diffrep.eval import loss_curve as _loss_curve  # noqa: F401
 from diffrep.eval import plots as P
 from diffrep.eval.batching import subset_indices

@@ -168,10 +168,12 @@ class UNet(nn.Module):
             return table[key](h)
         return h
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        # x [B, C, H, W], t [B] (or scalar), cond [B, cond_dim] -> [B, out_channels, H, W]
+    def down_path(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
+        """The encoder half: (h after the middle block, skips, level sizes, embedding [B, E]).
+
+        `forward` is `down_path` then the up path; PDAE's gradient estimator (seed 002) reuses a
+        frozen U-Net's `down_path` and adds its own up path.
+        """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise UserError(
                 f"UNet expects images [B, {self.in_channels}, H, W], got {tuple(x.shape)}; "
@@ -195,6 +197,13 @@ class UNet(nn.Module):
             if i < self._levels - 1 and _can_downsample(*h.shape[-2:]):
                 h = self.downsample[i](h)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        return h, skips, shapes, emb
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # x [B, C, H, W], t [B] (or scalar), cond [B, cond_dim] -> [B, out_channels, H, W]
+        h, skips, shapes, emb = self.down_path(x, t, cond)
         for k, blocks in enumerate(self.up):
             i = self._levels - 1 - k
             for j, block in enumerate(blocks):

@@ -1,0 +1,77 @@
+"""PDAE's gradient estimator G_psi(x_t, z, t) (seed 002, "Network architecture").
+
+G_psi estimates grad_{x_t} log p(z | x_t) for the mean shift of a frozen DPM. As in the slides,
+it reuses the pre-trained U-Net's time embedding and encoder half (`UNet.down_path`: input blocks
+and middle block, frozen) and adds a trainable decoder half conditioned on z:
+
+    (h, skips, emb_t) = frozen_unet.down_path(x_t, t)                # no trainable parameters
+    e = [emb_t, MLP(z)]                                           # [B, 2 E]
+    G = conv_out(up path of ResBlocks(h, skips; FiLM from e))    # [B, C, H, W]
+
+The up path mirrors the frozen U-Net's (same channels, skips and resampling; no attention) and
+its output conv is zero-initialised, so training starts from G = 0: the frozen DPM itself.
+
+The backbone U-Net is *passed in* at call time instead of being stored as a submodule, so its
+(frozen) weights are not parameters, EMA entries or checkpoint tensors of the estimator.
+Networks know no schedule: t is the float the backbone was trained with.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffrep.nets.layers import CondEmbedding, ResBlock, group_norm
+from diffrep.nets.unet import UNet
+
+
+class GradientEstimator(nn.Module):
+    """G_psi(x_t, z, t) on top of `backbone.down_path`; `forward(x_t, t, z, backbone)`."""
+
+    def __init__(self, backbone: UNet, z_dim: int, *, dropout: float = 0.0):
+        """
+        Args:
+            backbone: the U-Net whose down path G reuses; only its layout is read here.
+            z_dim: size of the code z.
+            dropout: in the up path's ResBlocks.
+        """
+        super().__init__()
+        # The backbone's layout: channels of each down ResBlock (the skips) and of each level.
+        skip_chans = [blk.conv1.out_channels for blocks in backbone.down for blk in blocks]
+        chans = [blocks[0].conv1.out_channels for blocks in backbone.down]
+        temb = backbone.time_embed.mlp[-2].out_features
+        self.z_dim = z_dim
+        self.nrb = len(backbone.down[0])
+        self.z_embed = CondEmbedding(z_dim, temb)
+        emb_dim = 2 * temb  # [time, z]: every block's FiLM gets its own scale/shift from z
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        c = chans[-1]
+        for k, i in enumerate(reversed(range(len(chans)))):
+            blocks = nn.ModuleList()
+            for _ in range(self.nrb):
+                blocks.append(ResBlock(c + skip_chans.pop(), chans[i], emb_dim, dropout=dropout))
+                c = chans[i]
+            self.up.append(blocks)
+            resample = isinstance(backbone.upsample[k], nn.Conv2d)
+            self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if resample else nn.Identity())
+        self.norm_out = group_norm(chans[0])
+        self.conv_out = nn.Conv2d(chans[0], backbone.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, backbone: UNet
+    ) -> torch.Tensor:
+        # x_t [B, C, H, W], t [B], z [B, z_dim] -> G [B, C, H, W]
+        h, skips, shapes, emb = backbone.down_path(x_t, t)
+        emb = torch.cat([emb.expand(x_t.shape[0], -1), self.z_embed(z.to(x_t.dtype))], dim=1)
+        levels = len(self.up)
+        for k, blocks in enumerate(self.up):
+            i = levels - 1 - k
+            for block in blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i > 0 and h.shape[-2:] != shapes[i - 1]:
+                h = self.upsample[k](F.interpolate(h, size=shapes[i - 1], mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
