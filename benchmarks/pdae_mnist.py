@@ -131,8 +131,9 @@ def main() -> None:
     ru = recon_scores(model, x0, args.recon_steps, False)
     rows = np.concatenate([test.images[:8], to_uint8_np(rz["x_hat"][:8])])
     rows = np.concatenate([rows, to_uint8_np(ru["x_hat"][:8])])
-    P.save_figure(run, "reconstructions", P.image_grid(rows, nrow=8), "Reconstructions",
-                  "Reconstructions", "Rows: test images; with z; frozen DDPM alone (DDIM).")  # fmt: skip
+    caption = "Rows: test images; with z; the frozen DDPM alone (DDIM round trips)."
+    png = P.image_grid(rows, nrow=8)
+    P.save_figure(run, "reconstructions", png, "Reconstructions", "Reconstructions", caption)
 
     # critical stage of mixed sampling, scored by a domain classifier
     net, _ = load_fidnet(ensure_fidnet(train_data))
@@ -199,12 +200,11 @@ def main() -> None:
         f"{args.stage_steps} ancestral steps; classifier test acc {clf_acc:.3f})",
         "  t1 \\ t2 " + " ".join(f"{k / args.stage_grid:5.1f}" for k in range(args.stage_grid)),
     ]
-    for i in range(1, args.stage_grid + 1):
-        t1 = i / args.stage_grid
-        cells = {round(c["t2"] * args.stage_grid): c["agreement"] for c in stage["cells"]
-                 if c["t1"] == t1}  # fmt: skip
-        lines.append(f"  {t1:5.1f}   " + " ".join(
-            f"{cells[k]:5.2f}" if k in cells else "     " for k in range(args.stage_grid)))  # fmt: skip
+    k = args.stage_grid
+    table = {(round(c["t1"] * k), round(c["t2"] * k)): c["agreement"] for c in stage["cells"]}
+    for i in range(1, k + 1):
+        row = [f"{table[i, j]:5.2f}" if (i, j) in table else "     " for j in range(k)]
+        lines.append(f"  {i / k:5.1f}   " + " ".join(row))
     lines += [
         f"  unguided {stage['unguided']:.2f}, full range {stage['full_range']:.2f}; shortest stage "
         f"within {stage['tolerance']}: t in [{best['t2']:.1f}, {best['t1']:.1f}] "

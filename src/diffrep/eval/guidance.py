@@ -145,7 +145,7 @@ def mixed_samples(
     guided = bind(method.denoiser, z)
     den = switch(guided, unconditional(method.denoiser), t2, t1)
     g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn((len(z), *method.data_shape), generator=g).to(z)
+    x_T = torch.randn((len(z), *method.data_shape), generator=g).to(z.device)
     return S.ancestral(den, method.schedule, x_T, steps, generator=g).clamp(-1, 1)
 
 

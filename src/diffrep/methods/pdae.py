@@ -57,7 +57,7 @@ def shift_coefficient(schedule, t: torch.Tensor, step: float) -> torch.Tensor:
     """k_t = alpha_t sigma_s^2 / (alpha_s sigma_t), s = t - step: the eps shift of Sigma_t G."""
     a_t, s_t = alpha_sigma(schedule(t.to(torch.float64)))
     a_s, s_s = alpha_sigma(schedule((t.to(torch.float64) - step).clamp(min=0.0)))
-    return a_t * s_s**2 / (a_s * s_t)
+    return torch.where(s_t > 0, a_t * s_s**2 / (a_s * s_t.clamp(min=1e-300)), 0.0)  # 0 at t = 0
 
 
 @METHODS.register("pdae")
@@ -126,8 +126,10 @@ class PDAE(Method):
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
         """eps_theta(x_t, t) - k_t G_psi(x_t, cond, t); the frozen DPM alone when cond is None."""
         base = unconditional(self.frozen.denoiser)
-        return base(x_t, t) if cond is None else guided(base, self.gradient, self.shift_scale)(
-            x_t, t, cond
+        return (
+            base(x_t, t)
+            if cond is None
+            else guided(base, self.gradient, self.shift_scale)(x_t, t, cond)
         )
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -180,7 +182,7 @@ class PDAE(Method):
         lam = torch.linspace(0, 1, n, device=xa.device)[None, :, None]  # [1, n, 1]
         cos = torch.nn.functional.cosine_similarity(xa, xb)[:, None, None].clamp(-1, 1)
         theta = torch.acos(cos).clamp(min=1e-6)
-        x_T = (torch.sin((1 - lam) * theta) * xa[:, None] + torch.sin(lam * theta) * xb[:, None])
+        x_T = torch.sin((1 - lam) * theta) * xa[:, None] + torch.sin(lam * theta) * xb[:, None]
         x_T = (x_T / torch.sin(theta)).reshape(-1, *self.data_shape)
         z = ((1 - lam) * za[:, None] + lam * zb[:, None]).reshape(-1, za.shape[1])
         return self.decode(x_T, z, steps).reshape(len(x0_a), n, *self.data_shape)

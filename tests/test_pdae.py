@@ -1,0 +1,242 @@
+"""PDAE (seed 002): the sign of the mean shift, the frozen DPM, the guidance evaluations."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffrep.diffusion.denoiser import guided
+from diffrep.diffusion.process import _bc, alpha_sigma
+from diffrep.diffusion.schedules import build_schedule
+from diffrep.eval import guidance as G
+from diffrep.methods.pdae import shift_coefficient
+from diffrep.nets.gradient_estimator import GradientEstimator
+from diffrep.nets.unet import UNet
+
+T = 1000
+SHAPE = (1, 2, 2)  # D = 4 "pixels"
+M, S2 = 1.0, 0.05  # class means +-M, within-class variance S2
+
+
+def mixture(schedule):
+    """A 2-class Gaussian mixture p(x0) = 1/2 N(+M, S2 I) + 1/2 N(-M, S2 I), in closed form:
+    (eps_theta(x_t, t): the ideal unconditional denoiser, grad(x_t, t, y) = grad log p(y | x_t))."""
+
+    def terms(x_t, t):
+        a, s = (_bc(v, x_t) for v in alpha_sigma(schedule(t.double())))
+        v = a**2 * S2 + s**2
+        means = torch.stack([a * M, -a * M])  # class 0: +M, class 1: -M
+        scores = -(x_t[None] - means) / v  # [2, B, ...] score of x_t given each class
+        logp = -((x_t[None] - means) ** 2).flatten(2).sum(2) / (2 * v.flatten())  # [2, B]
+        w = torch.softmax(logp, dim=0)  # p(y | x_t)
+        score = (w.reshape(2, -1, *[1] * (x_t.dim() - 1)) * scores).sum(0)
+        return s, scores, score
+
+    def eps_theta(x_t, t, cond=None):
+        s, _, score = terms(x_t, t)
+        return -s * score
+
+    def grad(x_t, t, y):
+        _, scores, score = terms(x_t, t)
+        first = (y == 0).reshape(-1, *[1] * (x_t.dim() - 1))
+        return torch.where(first, scores[0], scores[1]) - score
+
+    return eps_theta, grad
+
+
+def guided_method(schedule, sign: float):
+    eps_theta, grad = mixture(schedule)
+    shift = guided(eps_theta, grad, lambda t: sign * shift_coefficient(schedule, t, 1.0 / T))
+    return SimpleNamespace(
+        schedule=schedule,
+        reverse_step=1.0 / T,
+        data_shape=SHAPE,
+        encode=lambda x0: (x0.flatten(1).mean(1) < 0).long(),  # the class of x0: y = z
+        denoiser=lambda x_t, t, cond=None: (
+            eps_theta(x_t, t) if cond is None else shift(x_t, t, cond)
+        ),
+    )
+
+
+def draw_x0(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.randint(0, 2, (n,), generator=g)
+    x0 = (1 - 2 * y.float()).reshape(-1, 1, 1, 1) * M + math.sqrt(S2) * torch.randn(
+        n, *SHAPE, generator=g
+    )
+    return x0, y
+
+
+def test_shift_coefficient_is_the_slides_coefficient_and_tends_to_sigma():
+    """k_t = sqrt(alpha_t) sqrt(1 - abar_t) / beta_t * Sigma_t in DDPM notation; -> sigma_t."""
+    schedule = build_schedule("ddpm-linear", T=T)
+    i = torch.tensor([2, 10, 100, 500, 1000])
+    betas = schedule.betas.double()
+    abar = torch.cumprod(1 - betas, 0)
+    b, ab, ab_prev = betas[i - 1], abar[i - 1], abar[i - 2]
+    Sigma = (1 - ab_prev) / (1 - ab) * b
+    slides = torch.sqrt(1 - b) * torch.sqrt(1 - ab) / b * Sigma
+    k = shift_coefficient(schedule, i.double() / T, 1.0 / T)
+    torch.testing.assert_close(k, slides, rtol=1e-9, atol=0)
+    sigma = alpha_sigma(schedule(i.double() / T))[1]
+    assert torch.all((k / sigma - 1).abs()[2:] < 0.02)  # the continuous limit, away from t = 0
+
+
+def test_derived_sign_closes_the_posterior_mean_gap_and_the_other_opens_it():
+    """With the true grad log p(y | x_t) of a 2-class mixture, eps_theta - k_t g lowers the gap
+    to q(x_s | x_t, x0)'s mean in every t bin; eps_theta + k_t g raises it."""
+    schedule = build_schedule("ddpm-linear", T=T)
+    g = torch.Generator().manual_seed(0)
+    x0, _ = draw_x0(4000, g)
+    for t in (0.2, 0.4, 0.6, 0.8, 1.0):
+        tt = torch.full((len(x0),), t, dtype=torch.float64)
+        eps = torch.randn(x0.shape, generator=g)
+        alone, minus = G.posterior_mean_gap(guided_method(schedule, +1.0), x0, tt, eps)
+        _, plus = G.posterior_mean_gap(guided_method(schedule, -1.0), x0, tt, eps)
+        a, m, p = alone.mean().item(), minus.mean().item(), plus.mean().item()
+        print(f"t={t}: alone {a:.3e}, derived sign {m:.3e}, other sign {p:.3e}")
+        assert m < 0.9 * a and p > 1.1 * a
+
+
+def test_full_guidance_sets_the_class_and_no_guidance_is_chance():
+    """The critical-stage experiment on the mixture with the true gradient: guided over the whole
+    range the samples take the source's class; unguided they are a coin flip."""
+    schedule = build_schedule("ddpm-linear", T=T)
+    method = guided_method(schedule, +1.0)
+    g = torch.Generator().manual_seed(1)
+    x0, y = draw_x0(400, g)
+    z = method.encode(x0)
+    full = G.mixed_samples(method, z, 1.0, 0.0, steps=50)
+    none = G.mixed_samples(method, z, 0.0, 0.0, steps=50)
+    late = G.mixed_samples(method, z, 0.04, 0.0, steps=50)  # the class is settled by then
+    agree = [float((method.encode(x) == y).float().mean()) for x in (full, none, late)]
+    print("agreement full / none / late:", agree)
+    assert agree[0] > 0.97 and abs(agree[1] - 0.5) < 0.1 and abs(agree[2] - 0.5) < 0.1
+
+
+def test_stage_pairs_and_shortest_stage():
+    pairs = G.stage_pairs(4)
+    assert pairs[0] == (0.0, 0.0) and len(pairs) == 1 + 10 and (1.0, 0.0) in pairs
+    assert all(a > b for a, b in pairs[1:])
+
+
+def test_gradient_estimator_starts_at_zero_and_keeps_the_backbone_out():
+    unet = UNet(1, base_channels=8, channel_mults=(1, 2), image_size=(8, 8))
+    est = GradientEstimator(unet, z_dim=3)
+    x, t, z = torch.randn(2, 1, 8, 8), torch.rand(2), torch.randn(2, 3)
+    assert torch.equal(est(x, t, z, unet), torch.zeros_like(x))
+    names = {n for n, _ in est.named_parameters()}
+    assert not any(n.startswith(("down", "time_embed", "mid")) for n in names)
+    for p in est.parameters():  # zero-initialised FiLM and output: randomise to see z act
+        torch.nn.init.normal_(p, std=0.2)
+    out = est(x, t, z, unet)
+    assert out.shape == x.shape and not torch.equal(out, est(x, t, z + 1, unet))
+    torch.testing.assert_close(unet(x, t), unet.forward(x, t))
+
+
+# --------------------------------------------------------------------------- the method
+
+
+def _train(tmp_path, name, method: dict, steps: int, data: dict | None = None):
+    from diffrep.config import config_from_dict
+    from diffrep.runs import train_from_config
+
+    cfg = config_from_dict(
+        {
+            "data": data or {"name": "digits"},
+            "method": method,
+            "train": {"steps": steps, "batch_size": 16, "ckpt_every": 0, "log_every": 1,
+                      "device": "cpu", "tensorboard": False, "lr": 1e-2},
+        }
+    )  # fmt: skip
+    out = tmp_path / name
+    train_from_config(cfg, out, log=lambda *a: None, progress=False)
+    return out
+
+
+def _weights(run_dir, prefix=""):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pdae")
+    unet = {"base_channels": 8, "channel_mults": [1, 2]}
+    return _train(tmp, "ddpm", {"name": "ddpm", "unet": unet, "sample_steps": 5}, steps=3)
+
+
+def _check_frozen(run_dir, pdae_dir, frozen_state):
+    from diffrep.runs import load_run
+
+    model, _ = load_run(pdae_dir)
+    after = model.frozen.state_dict()
+    assert after.keys() == frozen_state.keys() and len(after) > 0
+    for k, v in frozen_state.items():
+        assert torch.equal(after[k], v), k
+    stored = _weights(pdae_dir)
+    assert not any(k.startswith("frozen.") for k in stored), "the DPM is stored again"
+    assert any(k.startswith("G.") for k in stored) and any(k.startswith("encoder.") for k in stored)
+    return model
+
+
+def test_pdae_trains_on_a_frozen_ddpm_run(tmp_path, ddpm_run):
+    from diffrep.frozen import load_frozen
+
+    before = {k: v.clone() for k, v in load_frozen(f"run:{ddpm_run}").state_dict().items()}
+    pdae = _train(tmp_path, "pdae", {"name": "pdae", "base": f"run:{ddpm_run}", "z_dim": 4,
+                                     "encoder_width": 8, "sample_steps": 4}, steps=4)  # fmt: skip
+    model = _check_frozen(ddpm_run, pdae, before)
+    # the encoder and G trained: the code now changes the prediction
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    t = torch.full((3,), 0.5)
+    x_t = torch.randn_like(x0)
+    with torch.no_grad():
+        assert not torch.equal(model.denoiser(x_t, t), model.denoiser(x_t, t, model.encode(x0)))
+        assert model.reconstruct(x0).shape == x0.shape
+        assert model.reconstruct(x0, use_z=False).shape == x0.shape
+        s = model.sample(2, torch.Generator().manual_seed(0), z=model.encode(x0[:2]))
+        assert s.shape == (2, 1, 8, 8) and s.abs().max() <= 1
+        assert model.interpolate(x0[:2], x0[1:], n=3).shape == (2, 3, 1, 8, 8)
+        d = torch.ones(4) / 2
+        assert model.manipulate(x0[:2], d, [0.0, 1.0]).shape == (2, 2, 1, 8, 8)
+        # manipulation by 0 is the reconstruction from the same x_T
+        torch.testing.assert_close(model.manipulate(x0[:1], d, [0.0])[:, 0], model.reconstruct(
+            x0[:1]), atol=1e-5, rtol=0)  # fmt: skip
+
+
+def test_untrained_pdae_is_the_frozen_dpm(ddpm_run):
+    """G_psi starts at 0: the gap curve with z equals the DPM's own, bin by bin."""
+    from diffrep.methods import build_method
+
+    torch.manual_seed(0)
+    m = build_method("pdae", (1, 8, 8), base=f"run:{ddpm_run}", z_dim=4, encoder_width=8)
+    images = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    curve = G.gap_curve(m, images, bins=4, generator=torch.Generator().manual_seed(0))
+    assert curve["alone"] == curve["with_z"] and all(v > 0 for v in curve["alone"])
+    assert not curve["with_z_lower_in_every_bin"]
+
+
+def test_pdae_on_a_diffusers_folder(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from diffrep.frozen import load_frozen
+
+    net = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )  # fmt: skip
+    net.save_pretrained(tmp_path / "dpm" / "unet")
+    diffusers.DDPMScheduler(num_train_timesteps=1000).save_pretrained(
+        tmp_path / "dpm" / "scheduler"
+    )
+    base = f"diffusers:{tmp_path / 'dpm'}"
+    before = {k: v.clone() for k, v in load_frozen(base).state_dict().items()}
+    pdae = _train(tmp_path, "pdae", {"name": "pdae", "base": base, "z_dim": 4, "encoder_width": 8,
+                                     "backbone": {"base_channels": 8, "channel_mults": [1, 2]}},
+                  steps=3)  # fmt: skip
+    _check_frozen(None, pdae, before)
