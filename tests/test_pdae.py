@@ -12,6 +12,7 @@ import torch
 from diffrep.diffusion.denoiser import guided
 from diffrep.diffusion.process import _bc, alpha_sigma
 from diffrep.diffusion.schedules import build_schedule
+from diffrep.errors import UserError
 from diffrep.eval import guidance as G
 from diffrep.methods.pdae import shift_coefficient
 from diffrep.nets.gradient_estimator import GradientEstimator
@@ -207,6 +208,17 @@ def test_pdae_trains_on_a_frozen_ddpm_run(tmp_path, ddpm_run):
         # manipulation by 0 is the reconstruction from the same x_T
         torch.testing.assert_close(model.manipulate(x0[:1], d, [0.0])[:, 0], model.reconstruct(
             x0[:1]), atol=1e-5, rtol=0)  # fmt: skip
+    # `diffrep fit-prior` fits a latent DPM to the codes; sample() then draws z from it
+    from diffrep.runs import fit_prior_run, load_run
+
+    with pytest.raises(UserError, match="latent prior"):
+        model.sample(2)
+    out = fit_prior_run(pdae, tmp_path / "pdae-prior", "diffusion", {"T": 50}, steps=5,
+                        log=lambda *a: None)  # fmt: skip
+    sampler, _ = load_run(out)
+    assert sampler.prior is not None
+    s = sampler.sample(3, torch.Generator().manual_seed(0), steps=3)
+    assert s.shape == (3, 1, 8, 8) and torch.isfinite(s).all()
 
 
 def test_untrained_pdae_is_the_frozen_dpm(ddpm_run):

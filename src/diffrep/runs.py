@@ -352,25 +352,29 @@ def fit_prior_run(
     prior_args = dict(prior_args or {})
     check_kwargs(PRIORS.get(prior), prior_args, where=f"prior {prior!r}")
     vae, cfg = load_run(run_dir, ema=True, device=device)
-    if not (hasattr(vae, "prior") and vae.can("posterior")):
+    if not (hasattr(vae, "prior") and (vae.can("posterior") or vae.can("encode"))):
         raise UserError(
-            f"{run_dir} holds a {cfg.method_name!r} run; fit-prior needs a VAE (a posterior "
-            "q(z|x) and a latent prior); fix: point it at a `vae` run"
+            f"{run_dir} holds a {cfg.method_name!r} run; fit-prior needs a latent prior slot and "
+            "an encoder (a posterior q(z|x), or codes z = E(x)); fix: point it at a `vae` or "
+            "`pdae` run"
         )
     d = cfg.data
     data = d.load(d.train_split)
     x0 = to_model_input(data.images)
-    mean, logvar = aggregate_posterior(vae, x0)
+    if vae.can("posterior"):
+        z_data = aggregate_posterior(vae, x0)  # (mean, logvar): fresh z every step
+        z = z_data[0]
+    else:  # deterministic codes (pdae): the prior is fitted to the codes themselves
+        with torch.no_grad():
+            z_data = z = torch.cat([vae.encode(xb.to(vae.device)).cpu() for xb in x0.split(256)])
     log(
-        f"fitting a {prior} prior to the aggregate posterior of {len(mean)} {d.name} "
-        f"{d.train_split} images ({mean.shape[1]}-D latents), {steps} steps"
+        f"fitting a {prior} prior to the aggregate posterior of {len(z)} {d.name} "
+        f"{d.train_split} images ({z.shape[1]}-D latents), {steps} steps"
     )
     torch.manual_seed(seed)
     new_prior = build_prior(prior, vae.latent_dim, **prior_args).to(device)
     gen = torch.Generator().manual_seed(seed)
-    losses = fit_prior(
-        new_prior, (mean, logvar), steps, batch_size=batch_size, lr=lr, generator=gen
-    )
+    losses = fit_prior(new_prior, z_data, steps, batch_size=batch_size, lr=lr, generator=gen)
     model = swap_prior(vae, new_prior)
 
     raw = cfg.to_dict()

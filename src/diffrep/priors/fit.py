@@ -94,9 +94,9 @@ def swap_prior(vae, prior: Prior, copy_vae: bool = True):
     The VAE's ELBO, IW-NLL and samples then use the new prior; `vae.bound_is_valid` follows
     `prior.bound_is_valid`.
     """
-    if prior.dim != vae.prior.dim:
+    if prior.dim != vae.latent_dim:
         raise UserError(
-            f"swap_prior: the prior is {prior.dim}-D but the VAE's latent is {vae.prior.dim}-D; "
+            f"swap_prior: the prior is {prior.dim}-D but the VAE's latent is {vae.latent_dim}-D; "
             "fix: fit a prior of the VAE's latent_dim"
         )
     out = copy.deepcopy(vae) if copy_vae else vae
