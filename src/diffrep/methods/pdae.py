@@ -42,7 +42,6 @@ from diffrep.diffusion import samplers as S
 from diffrep.diffusion.denoiser import guided, unconditional
 from diffrep.diffusion.objectives import denoising_loss
 from diffrep.diffusion.process import alpha_sigma
-from diffrep.diffusion.schedules import DiscreteBetaSchedule
 from diffrep.diffusion.weighting import build_weighting
 from diffrep.errors import UserError
 from diffrep.frozen import load_frozen
@@ -84,7 +83,7 @@ class PDAE(Method):
             z_dim, encoder_width: the code and the ConvEncoder E_phi.
             snr_power: g in lambda_t = SNR^g / (1 + SNR).
             T: training times t = i / T and the reverse step 1/T of the mean shift (None: the
-                frozen schedule's T for a discrete-time DPM, else 1000).
+                frozen DPM's T for a discrete-time DPM, else 1000).
             backbone: UNet arguments of G_psi's own down path when the DPM has no diffrep U-Net.
             sample_steps: default DDIM steps (reconstruct, sample, interpolate, manipulate).
             prior, prior_args: a latent prior over z (set by `diffrep fit-prior`; None: none).
@@ -96,8 +95,7 @@ class PDAE(Method):
                 f"pdae: the DPM in {base!r} models {tuple(self.frozen.data_shape)} images but "
                 f"the data are {self.data_shape}; fix: train it on this dataset"
             )
-        sched = self.frozen.schedule
-        self.T = T or (sched.T if isinstance(sched, DiscreteBetaSchedule) else 1000)
+        self.T = T or self.frozen.T or 1000  # FrozenDPM.T: 0 for a continuous-time DPM
         self.reverse_step = 1.0 / self.T
         self.latent_dim = z_dim
         self.sample_steps = sample_steps
