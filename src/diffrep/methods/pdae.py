@@ -13,9 +13,10 @@ mu_theta + Sigma_t G is the reverse mean of
 
     eps_hat(x_t, t, z) = eps_theta(x_t, t) - k_t G_psi(x_t, z, t),
     k_t = alpha_t Sigma_t / (c_x sigma_t) = alpha_t sigma_s^2 / (alpha_s sigma_t)
-        = sqrt(alpha_t) sqrt(1 - abar_t) / beta_t * Sigma_t          (DDPM notation):
+        = sqrt(alpha_t) sqrt(1 - abar_t) / beta_t * Sigma_t          (DDPM notation).
 
-a minus sign, and the slides' loss ||eps - eps_theta + k_t Sigma... G||^2 is ||eps - eps_hat||^2.
+A minus sign: the slides' loss ||eps - eps_theta + sqrt(alpha_t) sqrt(1 - abar_t) / beta_t
+Sigma_t G||^2 is exactly ||eps - eps_hat(x_t, t, z)||^2 (`diffusion.denoiser.guided`).
 As 1/T -> 0, k_t -> sigma_t and eps_hat = -sigma_t (grad log p(x_t) + grad log p(z | x_t)) =
 -sigma_t grad log p(x_t | z): Bayes' rule for scores, the form of classifier guidance (Dhariwal &
 Nichol 2021). With "+", G would learn -grad log p(z | x_t) and a true gradient would push the
@@ -123,12 +124,10 @@ class PDAE(Method):
 
     def denoiser(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
         """eps_theta(x_t, t) - k_t G_psi(x_t, cond, t); the frozen DPM alone when cond is None."""
-        base = unconditional(self.frozen.denoiser)
-        return (
-            base(x_t, t)
-            if cond is None
-            else guided(base, self.gradient, self.shift_scale)(x_t, t, cond)
-        )
+        if cond is None:
+            return self.frozen.denoiser(x_t, t)
+        eps_theta = unconditional(self.frozen.denoiser)
+        return guided(eps_theta, self.gradient, self.shift_scale)(x_t, t, cond)
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
