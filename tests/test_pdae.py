@@ -141,57 +141,66 @@ def test_gradient_estimator_starts_at_zero_and_keeps_the_backbone_out():
 # --------------------------------------------------------------------------- the method
 
 
-def _train(tmp_path, name, method: dict, steps: int, data: dict | None = None):
+def _train(tmp_path, name, method: dict, steps: int):
+    """Train a tiny run on the 8x8 digits as `diffrep train` does; (run dir, trained method)."""
     from diffrep.config import config_from_dict
-    from diffrep.runs import train_from_config
+    from diffrep.frozen import dependencies
+    from diffrep.methods import build_method
+    from diffrep.runs import write_run_info
+    from diffrep.train import train
 
     cfg = config_from_dict(
         {
-            "data": data or {"name": "digits"},
+            "data": {"name": "digits"},
             "method": method,
             "train": {"steps": steps, "batch_size": 16, "ckpt_every": 0, "log_every": 1,
                       "device": "cpu", "tensorboard": False, "lr": 1e-2},
         }
     )  # fmt: skip
     out = tmp_path / name
-    train_from_config(cfg, out, log=lambda *a: None, progress=False)
-    return out
-
-
-def _weights(run_dir, prefix=""):
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+    data = cfg.data.load(cfg.data.train_split)
+    torch.manual_seed(0)
+    m = build_method(cfg.method_name, data.shape, **cfg.method_args)
+    write_run_info(out, cfg, data.shape, dependencies=dependencies(m))
+    train(m, data, out, cfg.train, progress=False)
+    return out, m
 
 
 @pytest.fixture(scope="module")
 def ddpm_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pdae")
     unet = {"base_channels": 8, "channel_mults": [1, 2]}
-    return _train(tmp, "ddpm", {"name": "ddpm", "unet": unet, "sample_steps": 5}, steps=3)
+    return _train(tmp, "ddpm", {"name": "ddpm", "unet": unet, "sample_steps": 5}, steps=3)[0]
 
 
-def _check_frozen(run_dir, pdae_dir, frozen_state):
+def _trained_and_frozen(base: str, tmp_path, steps: int = 4, **kw):
+    """Train pdae on `base`; check the DPM is bit-identical in memory and on reload, absent from
+    the checkpoint, and that the encoder and G_psi did train. Returns the reloaded method."""
+    from safetensors.torch import load_file
+
+    from diffrep.frozen import load_frozen
     from diffrep.runs import load_run
 
-    model, _ = load_run(pdae_dir)
-    after = model.frozen.state_dict()
-    assert after.keys() == frozen_state.keys() and len(after) > 0
-    for k, v in frozen_state.items():
-        assert torch.equal(after[k], v), k
-    stored = _weights(pdae_dir)
+    before = {k: v.clone() for k, v in load_frozen(base).state_dict().items()}
+    args = {"name": "pdae", "base": base, "z_dim": 4, "encoder_width": 8, **kw}
+    run, trained = _train(tmp_path, "pdae", args, steps)
+    reloaded, _ = load_run(run)
+    for model in (trained, reloaded):
+        after = model.frozen.state_dict()
+        assert after.keys() == before.keys() and len(after) > 0
+        assert all(torch.equal(after[k], v) for k, v in before.items())
+        assert not any(p.requires_grad for p in model.frozen.parameters())
+    stored = load_file(str(run / "checkpoint" / "model.safetensors"))
     assert not any(k.startswith("frozen.") for k in stored), "the DPM is stored again"
     assert any(k.startswith("G.") for k in stored) and any(k.startswith("encoder.") for k in stored)
-    return model
+    w = stored["G.conv_out.weight"]
+    assert w.abs().max() > 0  # G_psi left its zero initialisation
+    return run, reloaded
 
 
 def test_pdae_trains_on_a_frozen_ddpm_run(tmp_path, ddpm_run):
-    from diffrep.frozen import load_frozen
-
-    before = {k: v.clone() for k, v in load_frozen(f"run:{ddpm_run}").state_dict().items()}
-    pdae = _train(tmp_path, "pdae", {"name": "pdae", "base": f"run:{ddpm_run}", "z_dim": 4,
-                                     "encoder_width": 8, "sample_steps": 4}, steps=4)  # fmt: skip
-    model = _check_frozen(ddpm_run, pdae, before)
+    pdae, model = _trained_and_frozen(f"run:{ddpm_run}", tmp_path, sample_steps=4)
+    assert not hasattr(model, "backbone")  # G_psi reuses the frozen U-Net's down path
     # the encoder and G trained: the code now changes the prediction
     x0 = torch.rand(3, 1, 8, 8) * 2 - 1
     t = torch.full((3,), 0.5)
@@ -234,9 +243,8 @@ def test_untrained_pdae_is_the_frozen_dpm(ddpm_run):
 
 
 def test_pdae_on_a_diffusers_folder(tmp_path):
+    """A tiny UNet2DModel pipeline folder: pdae trains on it, the DPM's weights do not move."""
     diffusers = pytest.importorskip("diffusers")
-    from diffrep.frozen import load_frozen
-
     net = diffusers.UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
         layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
@@ -247,8 +255,5 @@ def test_pdae_on_a_diffusers_folder(tmp_path):
         tmp_path / "dpm" / "scheduler"
     )
     base = f"diffusers:{tmp_path / 'dpm'}"
-    before = {k: v.clone() for k, v in load_frozen(base).state_dict().items()}
-    pdae = _train(tmp_path, "pdae", {"name": "pdae", "base": base, "z_dim": 4, "encoder_width": 8,
-                                     "backbone": {"base_channels": 8, "channel_mults": [1, 2]}},
-                  steps=3)  # fmt: skip
-    _check_frozen(None, pdae, before)
+    _, model = _trained_and_frozen(base, tmp_path, 3, backbone={"base_channels": 8})
+    assert hasattr(model, "backbone")  # no diffrep U-Net to reuse: G has its own down path
