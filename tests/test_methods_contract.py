@@ -25,6 +25,23 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _frozen_base(tmp_path_factory):
+    """pdae needs a pre-trained DPM (`base`): an untrained tiny ddpm run stands in for one."""
+    from diffrep.checkpoint import save_checkpoint
+    from diffrep.config import config_from_dict
+    from diffrep.runs import write_run_info
+
+    run = tmp_path_factory.mktemp("frozen-base")
+    cfg = config_from_dict({"data": {"name": "digits"}, "method": {"name": "ddpm", **TINY["ddpm"]}})
+    write_run_info(run, cfg, SHAPE)
+    save_checkpoint(run / "checkpoint", _method("ddpm"), None, None, 0, {})
+    TINY["pdae"] = {"base": f"run:{run}", "z_dim": 3, "encoder_width": 8, "sample_steps": 3,
+                    "prior": "gaussian"}  # fmt: skip
+    yield
+    TINY.pop("pdae")
+
+
 def _method(name):
     torch.manual_seed(0)
     return build_method(name, SHAPE, **TINY.get(name, {}))
