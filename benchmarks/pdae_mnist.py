@@ -14,7 +14,7 @@ of --minutes (2 threads), and measure on test[8000:]:
   linear probe's direction, and samples with z from a latent DPM fitted to the codes.
 
     python benchmarks/pdae_mnist.py                         # ~40 minutes, 2 threads
-    python benchmarks/pdae_mnist.py --minutes 12 --eval-n 300 --stage-n 60
+    python benchmarks/pdae_mnist.py --minutes 12 --gap-n 200 --recon-n 100 --stage-n 60
     python benchmarks/pdae_mnist.py --ddpm-run RUN_DIR --steps 500   # reuse a DDPM
 
 Everything lands in the PDAE run directory: eval.json, figures/, report.html (`diffrep report`)
@@ -90,11 +90,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="PDAE step budget (0: time)")
     ap.add_argument("--set", action="append", default=[], help="pdae config override K=V")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eval-n", type=int, default=500, help="test images for gap and recon")
-    ap.add_argument("--recon-steps", type=int, default=50, help="DDIM steps of both round trips")
+    ap.add_argument("--gap-n", type=int, default=500, help="test images for the gap curve")
+    ap.add_argument("--recon-n", type=int, default=200, help="test images reconstructed")
+    ap.add_argument("--recon-steps", type=int, default=25, help="DDIM steps of both round trips")
     ap.add_argument("--stage-n", type=int, default=100, help="source images per (t1, t2)")
     ap.add_argument("--stage-grid", type=int, default=5)
-    ap.add_argument("--stage-steps", type=int, default=25)
+    ap.add_argument("--stage-steps", type=int, default=20)
     ap.add_argument("--prior-steps", type=int, default=1500, help="latent DPM fitting steps")
     ap.add_argument("--out", default="/tmp/pdae_mnist")
     args = ap.parse_args()
@@ -119,10 +120,10 @@ def main() -> None:
     test = cfg.data.load(cfg.data.eval_split)
     t_eval = time.perf_counter()
     gen = torch.Generator().manual_seed(0)
-    n = min(args.eval_n, len(test))
+    n = min(args.recon_n, len(test))
 
     # posterior-mean gap, with and without z
-    gap = G.gap_curve(model, test.images[:n], bins=10, generator=gen)
+    gap = G.gap_curve(model, test.images[: args.gap_n], bins=10, generator=gen)
     P.save_figure(run, "posterior_gap", G.gap_figure(gap), "Posterior-mean gap", "Diffusion")
 
     # reconstruction: DDIM inversion + regeneration at the same steps, with z and without
@@ -182,7 +183,7 @@ def main() -> None:
         f"PDAE on MNIST: {cfg.data.train_split} -> {cfg.data.eval_split}; "
         f"DDPM {ddpm_dir}; {args.threads} threads",
         "",
-        "posterior-mean gap ||mu - mu~||^2 per dim, test images x one t per bin",
+        f"posterior-mean gap ||mu - mu~||^2 per dim ({gap['n']} test images, one t per bin)",
         "   t bin   DPM alone      with z    ratio",
     ]
     for t, a, b in zip(gap["t"], gap["alone"], gap["with_z"]):
