@@ -257,3 +257,28 @@ def test_pdae_on_a_diffusers_folder(tmp_path):
     base = f"diffusers:{tmp_path / 'dpm'}"
     _, model = _trained_and_frozen(base, tmp_path, 3, backbone={"base_channels": 8})
     assert hasattr(model, "backbone")  # no diffrep U-Net to reuse: G has its own down path
+
+
+def test_guidance_families_through_evaluate(tmp_path, ddpm_run):
+    """`diffrep eval` families: posterior_gap and critical_stage write numbers and figures."""
+    from diffrep.data import load_dataset
+    from diffrep.eval import EvalConfig, evaluate
+    from diffrep.methods import build_method
+
+    torch.manual_seed(0)
+    m = build_method("pdae", (1, 8, 8), base=f"run:{ddpm_run}", z_dim=4, encoder_width=8)
+    cfg = EvalConfig(
+        metrics=("posterior_gap", "critical_stage"), max_eval=40, gap_bins=3, stage_grid=2,
+        stage_steps=3, stage_examples=12, fidnet_epochs=1, fidnet_cache=str(tmp_path / "c"),
+    )  # fmt: skip
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    res = evaluate(m, train, test, cfg, run_dir=tmp_path)
+    assert "errors" not in res, res.get("errors")
+    gap, stage = res["posterior_gap"], res["critical_stage"]
+    assert len(gap["t"]) == 3 and gap["alone"] == gap["with_z"]  # G starts at 0
+    assert len(stage["cells"]) == 1 + 3 and stage["n"] == 12
+    assert 0 <= stage["full_range"] <= 1 and 0.5 < stage["classifier_test_acc"] <= 1
+    # an untrained G guides nothing: every stage agrees exactly as often as no guidance
+    assert all(c["agreement"] == stage["unguided"] for c in stage["cells"])
+    assert (tmp_path / "figures" / "posterior_gap.png").is_file()
+    assert (tmp_path / "figures" / "critical_stage.png").is_file()

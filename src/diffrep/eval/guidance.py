@@ -242,12 +242,10 @@ def classifier_accuracy(net, images_uint8: np.ndarray, labels: np.ndarray, batch
 
 @EVALS.register("critical_stage")
 def critical_stage_family(ctx: EvalContext) -> dict:
-    from diffrep.eval.diffusion import _fidnet
-
     if not is_guided(ctx.method) or ctx.test.labels is None:
         return {}
     cfg = ctx.cfg
-    net, sha = _fidnet(ctx)
+    net, sha = ctx.fidnet()
     idx = subset_indices(len(ctx.test), cfg.stage_examples, cfg.seed)
     acc = classifier_accuracy(net, ctx.test.images, ctx.test.labels, cfg.batch_size)
     out = critical_stage(
