@@ -8,8 +8,9 @@ and middle block, frozen) and adds a trainable decoder half conditioned on z:
     e = [emb_t, MLP(z)]                                           # [B, 2 E]
     G = conv_out(up path of ResBlocks(h, skips; FiLM from e))    # [B, C, H, W]
 
-The up path mirrors the frozen U-Net's (same channels, skips and resampling; no attention) and
-its output conv is zero-initialised, so training starts from G = 0: the frozen DPM itself.
+The up path mirrors the frozen U-Net's (same channels, skips and resampling; no attention); only
+its output conv is zero-initialised, so training starts from G = 0 (the frozen DPM itself) with z
+already shaping the features that the output layer learns from.
 
 The backbone U-Net is *passed in* at call time instead of being stored as a submodule, so its
 (frozen) weights are not parameters, EMA entries or checkpoint tensors of the estimator.
@@ -56,6 +57,13 @@ class GradientEstimator(nn.Module):
             self.up.append(blocks)
             resample = isinstance(backbone.upsample[k], nn.Conv2d)
             self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if resample else nn.Identity())
+        # Only the output starts at zero. The ResBlocks' zero-initialised FiLM projections and
+        # second convs (the identity start of a denoiser) would gate z behind three zero factors:
+        # z's only way to G, and so the encoder's gradient, would be third order at the start.
+        for blocks in self.up:
+            for block in blocks:
+                block.film.proj.reset_parameters()
+                block.conv2.reset_parameters()
         self.norm_out = group_norm(chans[0])
         self.conv_out = nn.Conv2d(chans[0], backbone.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
