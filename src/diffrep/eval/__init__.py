@@ -51,6 +51,8 @@ class EvalConfig:
     few_label_sizes: tuple[int, ...] = (10, 100, 1000)
     few_label_draws: int = 5
     tsne_points: int = 2000
+    # noise levels t in [0, 1] at which to probe encode(x0, t) (methods with encode_takes_t)
+    probe_t: tuple[float, ...] = ()
     # latents
     active_unit_threshold: float = 0.01  # Cov_x(E_q[z_d]) > threshold (Burda et al. 2016)
     mi_examples: int = 2000  # examples in the aggregate-posterior estimate of I(x; z)
@@ -112,6 +114,8 @@ class EvalConfig:
             raise ValueError(f"probe_val_fraction must be in (0, 1), got {self.probe_val_fraction}")
         if not self.probe_C or any(c <= 0 for c in self.probe_C):
             raise ValueError(f"probe_C must be positive numbers, got {self.probe_C}")
+        if any(not 0.0 <= t <= 1.0 for t in self.probe_t):
+            raise ValueError(f"probe_t must be noise levels in [0, 1], got {self.probe_t}")
         if any(n < 1 for n in self.few_label_sizes):
             raise ValueError(f"few_label_sizes must be >= 1, got {self.few_label_sizes}")
         if self.active_unit_threshold < 0:

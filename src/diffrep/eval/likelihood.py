@@ -9,9 +9,9 @@ The importance-weighted estimate (Burda, Grosse, Salakhutdinov 2016, eq. 8)
 
 is an upper bound on -log p(x) in expectation that tightens as k grows (k = 1 is the ELBO). It
 needs the encoder density (`method.posterior(x0) -> (mean, logvar)`, a diagonal Gaussian) and
-`method.log_joint(x0, z) = log p(x | z) + log p(z)`. When the prior has no exact density
-(`method.prior.exact` False, e.g. the diffusion prior) log_joint is itself a lower bound, and the
-result is flagged with "nll_iw_nats_is_bound".
+`method.log_joint(x0, z) = log p(x | z) + log p(z)`. Unless the method says its log joint is
+exact (`method.log_joint_exact`, e.g. False for the diffusion prior, whose log p(z) is itself a
+bound), the result is flagged with "nll_iw_nats_is_bound".
 """
 
 from __future__ import annotations
@@ -86,8 +86,7 @@ def iw_nll(
         logw = torch.cat(logw)  # [k, B]
         total += float(-(torch.logsumexp(logw, 0) - math.log(k)).sum())
     nll = total / len(images_uint8)
-    prior = getattr(method, "prior", None)
-    exact = bool(getattr(prior, "exact", True))
+    exact = bool(getattr(method, "log_joint_exact", False))
     return {
         "nll_iw_nats": nll,
         "nll_iw_bpd": bits_per_dim(nll, method.dim),

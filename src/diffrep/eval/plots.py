@@ -112,6 +112,17 @@ def bars(values: list[float], title: str, xlabel: str, ylabel: str, hline: float
     return _png(fig)
 
 
+def line_plot(x: list[float], ys: dict[str, list[float]], title: str, xlabel: str, ylabel: str):
+    """Several named lines against one x axis, with markers (few points: each is a measurement)."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot()
+    for name, y in ys.items():
+        ax.plot(x, y, marker="o", lw=1.5, label=name)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def _panels(n: int, height: float):
     """A figure for n small panels, up to 3 per row: (fig, rows, cols)."""
     cols = min(3, max(1, n))

@@ -41,7 +41,12 @@ from diffrep.eval import guidance as _guidance  # noqa: F401
 from diffrep.eval import loss_curve as _loss_curve  # noqa: F401
 from diffrep.eval import plots as P
 from diffrep.eval.batching import subset_indices
-from diffrep.eval.context import EVALS, EvalContext, draw_samples  # noqa: F401  (re-exported)
+from diffrep.eval.context import (  # noqa: F401  (EVALS, EvalContext, draw_samples re-exported)
+    EVALS,
+    EvalContext,
+    draw_samples,
+    encode_takes_t,
+)
 from diffrep.jsonutil import to_jsonable
 
 # --------------------------------------------------------------------------- families
@@ -91,6 +96,8 @@ def _probe(ctx: EvalContext) -> dict:
         out["factors"] = probes.factor_probes(
             f_tr, tr.factors, f_te, te.factors, tr.factor_names, tr.factor_kinds, seed=cfg.seed
         )
+    if cfg.probe_t:
+        out.update(_probe_at_t(ctx))
     idx = subset_indices(len(te), cfg.tsne_points, cfg.seed)
     if len(idx) >= 5:
         emb = probes.tsne_embed(f_te[idx], seed=cfg.seed)
@@ -98,6 +105,34 @@ def _probe(ctx: EvalContext) -> dict:
         png = P.scatter_2d(emb, labels, f"t-SNE of encode(x), {len(idx)} test points")
         ctx.figure("tsne", png, "t-SNE of the representation", "Representation", order=30)
     return {"probe": out}
+
+
+def _probe_at_t(ctx: EvalContext) -> dict:
+    """Linear and kNN accuracy of encode(x0, t) at each t of cfg.probe_t, and their curve."""
+    from diffrep.eval import probes
+
+    cfg, tr, te = ctx.cfg, ctx.train, ctx.test
+    if not encode_takes_t(ctx.method):
+        return {"at_t_skipped": "the method's encode takes no noise level (encode_takes_t)"}
+    if tr.labels is None or te.labels is None or len(np.unique(tr.labels)) < 2:
+        return {"at_t_skipped": "the data has no labels"}
+    at_t = {}
+    for t in sorted(set(cfg.probe_t)):
+        f_tr, f_te = ctx.features("train", t), ctx.features("test", t)
+        acc = probes.linear_probe(
+            f_tr, tr.labels, f_te, te.labels, cfg.probe_C, cfg.probe_val_fraction, cfg.seed
+        )
+        acc.update(probes.knn_probe(f_tr, tr.labels, f_te, te.labels, cfg.knn_k))
+        at_t[f"{t:g}"] = {"linear_acc": acc["linear_acc"], "knn_acc": acc["knn_acc"]}
+    ts = [float(k) for k in at_t]
+    png = P.line_plot(
+        ts,
+        {"linear": [v["linear_acc"] for v in at_t.values()],
+         "kNN": [v["knn_acc"] for v in at_t.values()]},
+        "Probe accuracy of encode(x0, t)", "noise level t", "test accuracy",
+    )  # fmt: skip
+    ctx.figure("probe_vs_t", png, "Probes against the noise level", "Representation", order=31)
+    return {"at_t": at_t}
 
 
 @EVALS.register("latent")

@@ -45,6 +45,16 @@ class Method(nn.Module):
     #: evaluation and reports then label the number as "not a bound".
     bound_is_valid: bool = True
 
+    #: True when `log_joint(x0, z)` = log p(x | z) + log p(z) is exact (a VAE with a Gaussian or
+    #: flow prior); False when it is only a lower bound (a diffusion prior, a diffusion decoder)
+    #: or absent. The importance-weighted NLL then reads as an estimate of -log p(x) only when
+    #: True, and eval.json flags it "nll_iw_nats_is_bound" otherwise.
+    log_joint_exact: bool = False
+
+    #: True when the representation depends on a noise level: `encode(x0, t=None)` with t in
+    #: [0, 1] (None: the method's default). Evaluation then probes it at each `eval.probe_t`.
+    encode_takes_t: bool = False
+
     def __init__(self, data_shape: tuple[int, int, int]):
         super().__init__()
         self.data_shape = tuple(int(s) for s in data_shape)  # (C, H, W)

@@ -80,6 +80,10 @@ class VAE(Method):
     def bound_is_valid(self) -> bool:  # type: ignore[override]
         return self.likelihood != "bernoulli" and self.prior.bound_is_valid
 
+    @property
+    def log_joint_exact(self) -> bool:  # type: ignore[override]
+        return bool(self.prior.exact)  # log p(x|z) is exact; log p(z) is a bound for diffusion
+
     # -------------------------------------------------------------- parts
 
     def posterior(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
