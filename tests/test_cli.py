@@ -130,6 +130,34 @@ def test_fit_prior_makes_a_two_stage_run_that_eval_and_sample_use(run_dir, tmp_p
     )
 
 
+def test_fit_prior_on_any_encoder_wraps_it_in_latent_prior(tmp_path, capsys):
+    # a dae has codes but no latent prior: fit-prior makes a latent_prior run around its weights
+    from diffrep.priors.fit import encode_all
+    from diffrep.runs import load_run
+
+    cfg = tmp_path / "dae.yaml"
+    cfg.write_text("data: {name: digits}\nmethod: {name: dae, code_dim: 3, width: 8}\n")
+    dae = tmp_path / "dae"
+    steps = ["--set", "train.steps=10", "--set", "train.log_every=5", "--set", "train.warmup=2"]
+    assert main(["train", str(cfg), "--out", str(dae), *steps]) == 0
+    out = tmp_path / "dae-gauss"
+    assert main(["fit-prior", str(dae), "--prior", "diffusion", "--set", "T=25",
+                 "--steps", "30", "--out", str(out)]) == 0  # fmt: skip
+    base, _ = load_run(dae)
+    two, cfg2 = load_run(out)
+    assert cfg2.method_name == "latent_prior" and cfg2.method["base"] == "dae"
+    assert cfg2.method["code_dim"] == 3 and cfg2.method["base_args"]["width"] == 8
+    x0 = torch.rand(5, 1, 8, 8) * 2 - 1
+    torch.testing.assert_close(two.encode(x0), base.encode(x0))  # the encoder is unchanged
+    assert type(two.prior).__name__ == "DiffusionPrior" and not two.can("sample")
+    codes = encode_all(two, x0)
+    assert codes.shape == (5, 3) and torch.isfinite(two.prior.nll_terms(codes)["total"]).all()
+    sets = ["--set", "eval.metrics=[probe]", "--set", "eval.max_eval=100",
+            "--set", "eval.few_label_sizes=[10]", "--set", "eval.tsne_points=2"]  # fmt: skip
+    assert main(["eval", str(out), *sets]) == 0
+    assert 0.3 < json.loads((out / "eval.json").read_text())["probe"]["linear_acc"] <= 1.0
+
+
 def test_data_list_and_info(capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out

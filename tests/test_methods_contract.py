@@ -22,6 +22,7 @@ TINY = {
         "unet": {"base_channels": 8, "channel_mults": (1, 2)},
         "sample_steps": 4,
     },
+    "latent_prior": {"base_args": {"code_dim": 3, "width": 8}, "code_dim": 3},
 }
 
 

@@ -132,10 +132,10 @@ def _parser() -> argparse.ArgumentParser:
 
     fp = sub.add_parser(
         "fit-prior",
-        help="two-stage prior: fit a prior to a trained VAE's aggregate posterior (a new run)",
+        help="two-stage prior: fit a prior to a trained method's codes (a new run)",
         parents=th,
     )
-    fp.add_argument("run_dir", help="a trained `vae` run")
+    fp.add_argument("run_dir", help="a trained run of a method that encodes (vae, dae, ...)")
     fp.add_argument("--prior", required=True, help="flow, diffusion or gaussian")
     fp.add_argument(
         "--set",

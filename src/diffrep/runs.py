@@ -328,11 +328,14 @@ def fit_prior_run(
     device: str = "cpu",
     log=print,
 ) -> Path:
-    """Two-stage prior: fit `prior` to the aggregate posterior of the VAE in `run_dir` (its EMA
-    weights, on its training split), swap it in and write the result as a new run in `out`.
+    """Two-stage prior: fit `prior` to the codes of the method in `run_dir` (its EMA weights,
+    on its training split) and write the result as a new run in `out`.
 
-    The encoder and decoder are unchanged; `diffrep eval/sample/report OUT` then use the new
-    prior. `out` gets config.yaml (method.prior = `prior`), run.json, a checkpoint and
+    The codes are the aggregate posterior q(z|x_i) where the method has one, else encode(x0).
+    A method with a latent prior slot (vae, pdae) gets the new one swapped in; any other encoder
+    becomes the base of a `latent_prior` method (encode unchanged; samples decode prior draws
+    where the base can decode). `diffrep eval/sample/report OUT` then use the new prior.
+    `out` gets config.yaml (the new method section), run.json, a checkpoint and
     metrics.jsonl with the prior's fitting loss.
     """
     import torch
@@ -340,8 +343,9 @@ def fit_prior_run(
     from diffrep.checkpoint import checkpoint_step, has_checkpoint, save_checkpoint
     from diffrep.config import config_from_dict
     from diffrep.data import to_model_input
+    from diffrep.methods import build_method
     from diffrep.priors import PRIORS, build_prior
-    from diffrep.priors.fit import aggregate_posterior, fit_prior, swap_prior
+    from diffrep.priors.fit import aggregate_posterior, encode_all, fit_prior, swap_prior
     from diffrep.validate import check_kwargs
 
     run_dir, out = Path(run_dir), Path(out)
@@ -351,36 +355,43 @@ def fit_prior_run(
         raise UserError(f"unknown prior {prior!r}; choose one of: {', '.join(PRIORS.names())}")
     prior_args = dict(prior_args or {})
     check_kwargs(PRIORS.get(prior), prior_args, where=f"prior {prior!r}")
-    vae, cfg = load_run(run_dir, ema=True, device=device)
-    if not (hasattr(vae, "prior") and (vae.can("posterior") or vae.can("encode"))):
+    trained, cfg = load_run(run_dir, ema=True, device=device)
+    if not trained.can("encode"):
         raise UserError(
-            f"{run_dir} holds a {cfg.method_name!r} run; fit-prior needs a latent prior slot and "
-            "an encoder (a posterior q(z|x), or codes z = E(x)); fix: point it at a `vae` or "
-            "`pdae` run"
+            f"{run_dir} holds a {cfg.method_name!r} run, which does not encode; fit-prior fits a "
+            "prior to a method's codes; fix: point it at a run of a method that encodes (vae, dae)"
         )
     d = cfg.data
     data = d.load(d.train_split)
     x0 = to_model_input(data.images)
-    if vae.can("posterior"):
-        z_data = aggregate_posterior(vae, x0)  # (mean, logvar): fresh z every step
-        z = z_data[0]
-    else:  # deterministic codes (pdae): the prior is fitted to the codes themselves
-        with torch.no_grad():
-            z_data = z = torch.cat([vae.encode(xb.to(vae.device)).cpu() for xb in x0.split(256)])
+    # q(z|x_i) where the method has a posterior (fresh z every step), else the codes themselves
+    posterior = trained.can("posterior")
+    z_data = aggregate_posterior(trained, x0) if posterior else encode_all(trained, x0)
+    n, z_dim = (z_data[0] if posterior else z_data).shape
     log(
-        f"fitting a {prior} prior to the aggregate posterior of {len(z)} {d.name} "
-        f"{d.train_split} images ({z.shape[1]}-D latents), {steps} steps"
+        f"fitting a {prior} prior to the {'aggregate posterior' if posterior else 'codes'} of "
+        f"{n} {d.name} {d.train_split} images ({z_dim}-D), {steps} steps"
     )
     torch.manual_seed(seed)
-    new_prior = build_prior(prior, vae.latent_dim, **prior_args).to(device)
+    new_prior = build_prior(prior, z_dim, **prior_args).to(device)
     gen = torch.Generator().manual_seed(seed)
     losses = fit_prior(new_prior, z_data, steps, batch_size=batch_size, lr=lr, generator=gen)
-    model = swap_prior(vae, new_prior)
 
     raw = cfg.to_dict()
-    raw["method"] = {**raw["method"], "prior": prior, "prior_args": prior_args}
-    # Free bits shaped stage one's training only (and priors without a per-dim KL refuse them).
-    raw["method"].pop("free_bits", None)
+    if hasattr(trained, "prior"):  # a latent prior slot (vae, pdae, latent_prior): swap in place
+        model = swap_prior(trained, new_prior)
+        raw["method"] = {**raw["method"], "prior": prior, "prior_args": prior_args}
+        # Free bits shaped stage one's training only (and priors without a per-dim KL refuse them).
+        raw["method"].pop("free_bits", None)
+    else:  # any other encoder: its weights under a latent_prior with the fitted prior
+        raw["method"] = {
+            "name": "latent_prior", "base": cfg.method_name, "base_args": cfg.method_args,
+            "code_dim": z_dim, "prior": prior, "prior_args": prior_args,
+        }  # fmt: skip
+        args = {k: v for k, v in raw["method"].items() if k != "name"}
+        model = build_method("latent_prior", data.shape, **args)
+        model.base.load_state_dict(trained.state_dict())
+        model.prior = new_prior
     new_cfg = config_from_dict(raw)
     write_run_info(
         out, new_cfg, data.shape, dependencies=read_run_info(run_dir).get("dependencies")

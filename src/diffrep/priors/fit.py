@@ -34,6 +34,19 @@ def aggregate_posterior(
     return torch.cat(means), torch.cat(logvars)
 
 
+@torch.no_grad()
+def encode_all(method, x0: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The codes encode(x0) [N, Z] of a deterministic encoder (model-space x0 [N, C, H, W])."""
+    was_training = method.training
+    method.eval()
+    codes = [
+        method.encode(x0[s : s + batch_size].to(method.device)).flatten(1).cpu()
+        for s in range(0, len(x0), batch_size)
+    ]
+    method.train(was_training)
+    return torch.cat(codes)
+
+
 def fit_prior(
     prior: Prior,
     z_data: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
