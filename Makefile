@@ -1,6 +1,7 @@
 # Two commands for a new user:  make demo  (install + quickstart)  and  make test  (install + tests).
 # The venv sees system site-packages, so a GPU build of torch you installed yourself is reused;
-# only when no torch is importable do we install the pinned CPU build.
+# only when no torch is importable do we pip-install the pinned version from PyPI (on Linux x86-64
+# that wheel is the CUDA build; install the CPU wheel yourself first for a CPU-only machine).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
