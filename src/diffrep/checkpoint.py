@@ -266,6 +266,9 @@ def _load_tensors(ckpt_dir: Path, name: str, manifest: dict[str, Any]) -> dict[s
 def _check_and_load_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> None:
     """Load `sd` into `module` (strict but for frozen submodules, whose keys may be absent and
     are ignored when present), with an error naming the mismatching keys/shapes."""
+    prepare = getattr(module, "prepare_load", None)
+    if callable(prepare):  # buffers sized by a closed-form fit (e.g. the ideal DAE's images)
+        prepare(sd)
     frozen = frozen_modules(module)
     own = trainable_state_dict(module)
     sd = {k: v for k, v in sd.items() if not is_frozen_key(k, frozen)}

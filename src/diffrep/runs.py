@@ -292,6 +292,15 @@ def train_from_config(
     recorded = read_run_info(out).get("dependencies") if resume else None
     with expect_dependencies(recorded, str(out)):
         method = build_method(cfg.method_name, data.shape, **cfg.method_args)
+    if getattr(method, "closed_form", False):  # fitted, not trained (ideal, svd)
+        if resume:
+            raise UserError(
+                f"{cfg.method_name} is fitted in closed form, there is nothing to resume; "
+                "fix: drop --resume (and pass --overwrite to fit it again)"
+            )
+        if overwrite:
+            _clear_run(out)
+        return fit_closed_form(method, cfg, data, out, log)
     if resume:
         _check_resume(out, cfg, data, method)  # loads the weights train() will load anyway
     _check_data(method, data, cfg.train, dist_utils.detect()[2])  # train()'s checks, up front
@@ -313,6 +322,36 @@ def train_from_config(
                 + f"; frozen: {n_params - n_trained}"
             )
     return train(method, data, out, cfg.train, resume=resume, **train_kwargs)
+
+
+def fit_closed_form(method, cfg, data, out: Path, log=print) -> dict:
+    """`diffrep train` for a method fitted in closed form (`closed_form = True`, `fit(x0)`: the
+    ideal DAE stores the images, the subspace DAE takes an SVD): no gradient steps, the same run
+    directory (config.yaml, run.json, checkpoint/ at step 0, metrics.jsonl with the fitted
+    model's loss on the training split)."""
+    import time
+
+    import torch
+
+    from diffrep.checkpoint import save_checkpoint
+    from diffrep.data import to_model_input
+
+    d = cfg.data
+    write_run_info(out, cfg, data.shape)
+    log(f"fitting {cfg.method_name} in closed form on {d.name} {d.train_split} "
+        f"({len(data)} images {tuple(data.shape)}) -> {out}")  # fmt: skip
+    t0 = time.perf_counter()
+    x0 = to_model_input(data.images)
+    method.fit(x0)
+    method.eval()
+    with torch.no_grad():  # the fitted model's cost on (at most 1000) training images
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        idx = torch.randperm(len(x0), generator=g)[:1000]
+        loss = float(method.loss({"x0": x0[idx], "y": torch.zeros(len(idx))})["loss"].mean())
+    seconds = time.perf_counter() - t0
+    save_checkpoint(out / "checkpoint", method, None, None, 0, {"closed_form": True})
+    write_text(out / "metrics.jsonl", json.dumps({"step": 0, "loss": loss}) + "\n")
+    return {"fitted_images": len(data), "loss": loss, "seconds": round(seconds, 2)}
 
 
 def fit_prior_run(

@@ -30,6 +30,8 @@ DEFAULT_METRICS += ("schedule", "ddim_steps", "memorisation", "loss_vs_t")
 DEFAULT_METRICS += ("collapse", "code_samples")
 # diffrep.eval.guidance's families (code-guided diffusion: PDAE; others skip them)
 DEFAULT_METRICS += ("posterior_gap", "critical_stage")
+# diffrep.eval.attractors: denoiser iteration from noisy inputs (methods with denoise(x))
+DEFAULT_METRICS += ("attractors",)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from diffrep.errors import UserError
 from diffrep.eval import EvalConfig
 
 # method-specific families register themselves on import
+from diffrep.eval import attractors as _attractors  # noqa: F401
 from diffrep.eval import codes as _codes  # noqa: F401
 from diffrep.eval import collapse as _collapse  # noqa: F401
 from diffrep.eval import diffusion as _diffusion  # noqa: F401

@@ -4,7 +4,8 @@ x~ = x0 + sigma eps (eps ~ N(0, I)), code = ConvEncoder(x~), and ConvDecoder(cod
 either x0 (the seed's cost sum_i ||x_i - DAE(x~_i)||^2) or the noise eps, which the seed
 notes is the same thing: eps ~ x - DAE(x), so x0_hat = x~ - sigma eps_hat. The representation
 is the code of the clean image, `encode(x0)`. The loss is a squared error, not a likelihood,
-so the method has no ELBO (`bound_is_valid = False`) and does not sample.
+so the method has no ELBO (`bound_is_valid = False`). It samples by the seed's small-step
+iteration x' = (1 - eta) x + eta DAE(x) from noise (`diffrep.methods.iteration`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import torch
 
 from diffrep.errors import UserError
 from diffrep.methods.base import METHODS, Batch, Method
+from diffrep.methods.iteration import DenoiserIterationSampling
 from diffrep.nets.encoders import ConvDecoder, ConvEncoder
 
 
 @METHODS.register("dae")
-class DAE(Method):
+class DAE(DenoiserIterationSampling, Method):
     bound_is_valid = False
 
     def __init__(
