@@ -43,6 +43,8 @@ class LatentPrior(Method):
             prior_args: its constructor arguments.
         """
         super().__init__(data_shape)
+        if code_dim < 1:
+            raise UserError(f"latent_prior: code_dim must be >= 1, got {code_dim}; fix: e.g. 16")
         if base == "latent_prior":
             raise UserError("latent_prior: the base cannot itself be latent_prior; fix: base=dae")
         self.base = build_method(base, data_shape, **dict(base_args or {}))
