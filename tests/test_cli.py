@@ -141,7 +141,7 @@ def test_fit_prior_on_any_encoder_wraps_it_in_latent_prior(tmp_path, capsys):
     steps = ["--set", "train.steps=10", "--set", "train.log_every=5", "--set", "train.warmup=2"]
     assert main(["train", str(cfg), "--out", str(dae), *steps]) == 0
     out = tmp_path / "dae-gauss"
-    assert main(["fit-prior", str(dae), "--prior", "diffusion", "--set", "T=25",
+    assert main(["fit-prior", str(dae), "--prior", "diffusion", "--set", "prior.T=25",
                  "--steps", "30", "--out", str(out)]) == 0  # fmt: skip
     base, _ = load_run(dae)
     two, cfg2 = load_run(out)
