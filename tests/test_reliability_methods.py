@@ -27,7 +27,7 @@ from diffrep.data import load_dataset
 from diffrep.errors import UserError
 from diffrep.methods import METHODS, build_method
 from diffrep.train import TrainConfig, seed_everything, train
-from test_methods_contract import TINY
+from test_methods_contract import TINY, _frozen_base  # noqa: F401  (pdae: a frozen base run)
 
 NAMES = METHODS.names()
 # methods fitted in closed form (`closed_form = True`: ideal, svd) take no training steps
