@@ -44,7 +44,7 @@ def run(quick: bool, device: torch.device) -> dict:
     rec = H.record("scaling", "cost against work, log-log slopes", device)
     reps = 2 if quick else 3
     # train step vs batch size (28x28, ~1M parameters)
-    c = 34
+    c = TS.WIDTHS["1M"]
     batches = [8, 16, 32] if quick else [8, 16, 32, 64, 128]
     model = TS.ours(c, 28)
     steps = {b: TS.make_step("diffrep", model, b, 28, device) for b in batches}

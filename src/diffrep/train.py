@@ -213,14 +213,20 @@ class EMA:
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         d = self.current_decay()
+        avg, live = [], []
         for k, v in module.state_dict().items():
             e = self.state.get(k)
             if e is None:  # a frozen submodule's
                 continue
             if k in self.param_names and e.is_floating_point():
-                e.lerp_(v.detach().to(e.dtype), 1.0 - d)  # e + (1-d)(v - e) = d e + (1-d) v
+                avg.append(e)
+                live.append(v.detach().to(e.dtype))
             else:
                 e.copy_(v)
+        # e + (1-d)(v - e) = d e + (1-d) v for all parameters in one call (the same lerp kernel
+        # per tensor, without a Python-level op per tensor)
+        if avg:
+            torch._foreach_lerp_(avg, live, 1.0 - d)
         self.num_updates += 1
 
 

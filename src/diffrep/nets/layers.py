@@ -107,7 +107,10 @@ class FiLM(nn.Module):
         else:
             scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
         extra = (1,) * (h.dim() - 2)
-        return h * (1 + scale.view(*scale.shape, *extra)) + shift.view(*shift.shape, *extra)
+        # one fused pass over h (shift + h * (1 + scale)) instead of a multiply then an add
+        return torch.addcmul(
+            shift.view(*shift.shape, *extra), h, 1 + scale.view(*scale.shape, *extra)
+        )
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
@@ -165,7 +168,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))  # [B, heads, HW, C/heads]
+        # contiguous [B, heads, HW, C/heads]: the fused (flash) CPU kernel needs unit stride in
+        # the last dimension; a strided view falls back to the unfused math path
+        q, k, v = (qkv[:, i].transpose(-1, -2).contiguous() for i in range(3))
         a = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
         a = a.transpose(-1, -2).reshape(b, c, h, w)
         return x + self.out(a)
