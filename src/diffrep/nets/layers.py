@@ -107,10 +107,7 @@ class FiLM(nn.Module):
         else:
             scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
         extra = (1,) * (h.dim() - 2)
-        # one fused pass over h (shift + h * (1 + scale)) instead of a multiply then an add
-        return torch.addcmul(
-            shift.view(*shift.shape, *extra), h, 1 + scale.view(*scale.shape, *extra)
-        )
+        return h * (1 + scale.view(*scale.shape, *extra)) + shift.view(*shift.shape, *extra)
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
