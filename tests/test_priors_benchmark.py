@@ -26,7 +26,7 @@ def _fake_run(root: Path, name: str, args: dict, fid: float, nll: float, bound=F
         "fid": {"domain": fid, "feature_net_sha256": "abc"},
         "nll_iw_nats": nll,
         "nll_iw_k": 16,
-        "nll_iw_nats_is_bound": bound,
+        "nll_iw_latent_chain": bound,
     }
     (d / "eval.json").write_text(json.dumps(ev))
     if png:
@@ -52,13 +52,24 @@ def runs(tmp_path):
 def test_table1_rows_are_priors_and_columns_latent_sizes(runs):
     priors, latents, cells = table1_cells(runs)
     assert priors == ["gaussian", "flow", "diffusion"] and latents == [8, 32]
-    assert cells[("gaussian", 32)]["fid"] == 25.0 and cells[("diffusion", 8)]["nll_is_bound"]
+    assert cells[("gaussian", 32)]["fid"] == 25.0 and cells[("diffusion", 8)]["nll_chain"]
     lines = table1(runs).splitlines()
     assert lines[0] == "| prior | Z = 8 | Z = 32 |"
     assert lines[2] == "| gaussian | 40 / 95.5 | 25 / 85 |"
     assert lines[3] == "| flow | 35 / 92 | - |"
     assert lines[4] == "| diffusion | 30 / 90* | 20 / 80.25* |"
-    assert "k = 16" in lines[6] and "upper bound" in lines[6]
+    assert "k = 16" in lines[6] and "upper bound" in lines[6] and "* the diffusion" in lines[6]
+    assert all(c["nll_is_bound"] for c in cells.values()) and "NOT" not in lines[6]
+
+
+def test_table1_marks_plugin_nlls_of_old_eval_files_as_not_bounds(tmp_path):
+    d = _fake_run(tmp_path, "d8", {"latent_dim": 8, "prior": "diffusion"}, 30.0, 90.0)
+    ev = json.loads((d / "eval.json").read_text())
+    del ev["nll_iw_latent_chain"]
+    ev["nll_iw_nats_is_bound"] = True  # what diffrep wrote before the joint chain weighting
+    (d / "eval.json").write_text(json.dumps(ev))
+    text = table1([d])
+    assert "| diffusion | 30 / 90! |" in text and "NOT a bound" in text
 
 
 def test_table1_refuses_runs_without_a_place(runs, tmp_path):

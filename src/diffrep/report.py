@@ -246,6 +246,15 @@ def split_run_dirs(paths) -> tuple[list[Path], list[tuple[Path, str]]]:
     return runs, skipped
 
 
+def _train_steps(run_dir: Path) -> int | None:
+    """Training steps behind the evaluated weights: the checkpoint's step, else metrics.jsonl's."""
+    try:
+        return int(json.loads((run_dir / "checkpoint" / "manifest.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        rows = read_metrics(run_dir / "metrics.jsonl")
+        return int(rows[-1]["step"]) if rows else None
+
+
 def _load_evals(run_dirs) -> list[tuple[str, dict, dict]]:
     runs = []
     names = [Path(r).name or str(r) for r in run_dirs]
@@ -411,8 +420,10 @@ def table1_cells(run_dirs) -> tuple[list[str], list[int], dict[tuple[str, int], 
     """(priors, latent sizes, {(prior, latent_dim): cell}) of evaluated VAE runs (seed 004 Table 1).
 
     Runs are grouped by run.json's method_args `prior` (default "gaussian", the VAE's) and
-    `latent_dim`; a cell holds the run's label and directory, its domain FID, IW-NLL in nats and
-    whether that NLL is only an upper bound (the diffusion prior's density is itself a bound).
+    `latent_dim`; a cell holds the run's label and directory, its domain FID, IW-NLL in nats,
+    whether that NLL is an upper bound (every IW-NLL since the diffusion prior's chain is weighted
+    jointly; an eval.json written before that, with the prior's bound plugged in, is not) and
+    whether the prior's latent chain was weighted (looser at the same k).
     """
     cells: dict[tuple[str, int], dict] = {}
     for d, (label, info, ev) in zip(run_dirs, _load_evals(run_dirs)):
@@ -428,13 +439,16 @@ def table1_cells(run_dirs) -> tuple[list[str], list[int], dict[tuple[str, int], 
                 f"{d} and {cells[key]['dir']} are both prior={key[0]}, latent_dim={key[1]}; "
                 "fix: pass one run per (prior, latent size)"
             )
+        legacy_plugin = "nll_iw_latent_chain" not in ev and bool(ev.get("nll_iw_nats_is_bound"))
         cells[key] = {
             "run": label,
             "dir": str(d),
             "fid": (ev.get("fid") or {}).get("domain"),
             "nll": ev.get("nll_iw_nats"),
             "nll_k": ev.get("nll_iw_k"),
-            "nll_is_bound": bool(ev.get("nll_iw_nats_is_bound", False)),
+            "nll_is_bound": not legacy_plugin,
+            "nll_chain": bool(ev.get("nll_iw_latent_chain", False)),
+            "steps": _train_steps(Path(d)),
         }
     found = {p for p, _ in cells}
     priors = [p for p in PRIOR_ORDER if p in found] + sorted(found - set(PRIOR_ORDER))
@@ -445,16 +459,31 @@ def table1_cells(run_dirs) -> tuple[list[str], list[int], dict[tuple[str, int], 
 def _table1_cell(cell: dict | None) -> str:
     if cell is None:
         return "-"
-    nll = format_value(cell["nll"]) + ("*" if cell["nll_is_bound"] and cell["nll"] else "")
-    return f"{format_value(cell['fid'])} / {nll}"
+    mark = "" if not cell["nll"] else ("*" if cell["nll_chain"] else "")
+    mark += "" if cell["nll_is_bound"] or not cell["nll"] else "!"
+    return f"{format_value(cell['fid'])} / {format_value(cell['nll'])}{mark}"
 
 
 def _table1_caption(cells: dict) -> str:
     ks = sorted({c["nll_k"] for c in cells.values() if c["nll_k"]})
     k = f", k = {'/'.join(map(str, ks))}" if ks else ""
-    text = f"cells: domain FID / importance-weighted NLL in nats{k} (lower is better for both)"
-    if any(c["nll_is_bound"] for c in cells.values()):
-        text += "; * the prior's density is itself a bound, so this NLL is an upper bound"
+    text = (
+        f"cells: domain FID / importance-weighted NLL in nats{k} (lower is better for both); "
+        "every NLL without ! is an upper bound on -log p(x) (in expectation)"
+    )
+    if any(c["nll_chain"] for c in cells.values()):
+        text += (
+            "; * the diffusion prior's latent chain is importance-weighted jointly with z: "
+            "a valid bound, looser than an exact prior density's at the same k"
+        )
+    if not all(c["nll_is_bound"] for c in cells.values()):
+        text += (
+            "; ! NOT a bound: evaluated with the prior's bound plugged into the IW estimate "
+            "(biased low); re-run `diffrep eval`"
+        )
+    steps = sorted({c["steps"] for c in cells.values() if c["steps"] is not None})
+    if steps:
+        text += f"; training steps per run: {'/'.join(map(str, steps))}"
     return text
 
 

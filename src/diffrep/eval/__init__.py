@@ -56,7 +56,8 @@ class EvalConfig:
     # noise levels t in [0, 1] at which to probe encode(x0, t) (methods with encode_takes_t)
     probe_t: tuple[float, ...] = ()
     # latents
-    active_unit_threshold: float = 0.01  # Cov_x(E_q[z_d]) > threshold (Burda et al. 2016)
+    active_unit_bits: float = 0.5  # active: I_q(x; z_d) > this (posterior encoders)
+    active_unit_threshold: float = 0.01  # codes without a posterior: Cov_x(code_d) > this
     mi_examples: int = 2000  # examples in the aggregate-posterior estimate of I(x; z)
     # collapse (code-conditioned diffusion decoders): the shuffle test
     shuffle_examples: int = 512  # test examples (2 decoder calls per example and t bin)
@@ -120,8 +121,8 @@ class EvalConfig:
             raise ValueError(f"probe_t must be noise levels in [0, 1], got {self.probe_t}")
         if any(n < 1 for n in self.few_label_sizes):
             raise ValueError(f"few_label_sizes must be >= 1, got {self.few_label_sizes}")
-        if self.active_unit_threshold < 0:
-            raise ValueError("active_unit_threshold must be >= 0")
+        if self.active_unit_threshold < 0 or self.active_unit_bits < 0:
+            raise ValueError("active_unit_threshold and active_unit_bits must be >= 0")
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"metrics lists a family twice: {self.metrics}")
         # Names are checked against the EVALS registry in `evaluate`, where late registrations

@@ -148,20 +148,33 @@ def _latent(ctx: EvalContext) -> dict:
         cfg.active_unit_threshold,
         cfg.mi_examples,
         cfg.seed,
+        cfg.active_unit_bits,
     )
     if not out:
         return {}
     if "kl_per_dim" in out:
         png = P.bars(out["kl_per_dim"], "KL(q(z_d|x) || N(0,1)) per dimension", "d", "nats")
         ctx.figure("kl_per_dim", png, "KL per latent dimension", "Latent health", order=40)
-    png = P.bars(
-        out["unit_variance"],
-        f"Cov_x(E_q[z_d]): {out['active_units']} of {out['latent_dim']} units active",
-        "d",
-        "variance",
-        hline=cfg.active_unit_threshold,
-    )
-    ctx.figure("active_units", png, "Active units (Burda et al.)", "Latent health", order=41)
+    active = f"{out['active_units']} of {out['latent_dim']} units active"
+    if "unit_information" in out:
+        png = P.bars(
+            out["unit_information"],
+            f"I_q(x; z_d) per dimension: {active}",
+            "d",
+            "nats",
+            hline=out["active_unit_nats"],
+        )
+        caption = f"Active: more than {cfg.active_unit_bits:g} bits (the line)."
+    else:
+        png = P.bars(
+            out["unit_variance"],
+            f"Cov_x(code_d): {active}",
+            "d",
+            "variance",
+            hline=cfg.active_unit_threshold,
+        )
+        caption = "Burda et al.'s activity statistic of a deterministic code."
+    ctx.figure("active_units", png, "Active units", "Latent health", caption, order=41)
     return {"latent": out}
 
 

@@ -13,8 +13,6 @@ other priors use the single-sample estimate log q(z|x) + nll_prior(z), which kee
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from diffrep.distributions import (
@@ -94,8 +92,10 @@ class VAE(Method):
         return pixel_log_prob(self.likelihood, x0, self.decoder(z))
 
     def log_joint(self, x0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x | z) + log p(z) [B] (a lower bound on log p(z) when the prior is not exact)."""
-        return self.log_likelihood(x0, z) - self.prior.nll_terms(z)["total"]
+        """log p(x | z) + log p_hat(z) [B]: exp of it is an unbiased estimate of p(x, z)
+        (exact for exact priors; one latent-chain path for the diffusion prior), which is what
+        the importance-weighted NLL (`diffrep.eval.likelihood.iw_nll`) needs."""
+        return self.log_likelihood(x0, z) + self.prior.log_p_hat(z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return pixel_mean(self.likelihood, self.decoder(z))
@@ -152,22 +152,5 @@ class VAE(Method):
     def sample(self, n: int, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
         z = self.prior.sample(n, generator=generator, **kw).to(self.device)
         return self.decode(z)
-
     def sample_options(self) -> set[str]:
         return named_options(self.prior.sample)  # sampling options are the prior's
-
-    @torch.no_grad()
-    def nll_iw(self, x0: torch.Tensor, k: int = 64, chunk: int = 16) -> torch.Tensor:
-        """Importance-weighted bound on -log p(x) with k samples (Burda et al. 2016) [B]."""
-        mean, logvar = self.posterior(x0)
-        logw = []
-        for start in range(0, k, chunk):
-            m = min(chunk, k - start)
-            z = reparameterise(mean.repeat(m, 1), logvar.repeat(m, 1))  # [m*B, Z]
-            xr = x0.repeat(m, *([1] * (x0.dim() - 1)))
-            lw = self.log_joint(xr, z) - gaussian_log_prob(
-                z, mean.repeat(m, 1), logvar.repeat(m, 1)
-            )
-            logw.append(lw.view(m, -1))
-        logw = torch.cat(logw, 0)  # [k, B]
-        return -(torch.logsumexp(logw, 0) - math.log(k))

@@ -48,6 +48,20 @@ class Prior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_p_hat(self, z: torch.Tensor) -> torch.Tensor:
+        """log w [B] of a random weight w >= 0 with E[w] = p(z): an unbiased density estimate.
+
+        What importance weighting needs (`diffrep.eval.likelihood.iw_nll`): an average of such
+        weights is unbiased for p(z), so -log of a k-sample average is an upper bound on
+        -log p(z) in expectation (Jensen) that tightens with k. Exact priors return log p(z)
+        itself; a prior with latent variables of its own (the diffusion prior's chain) returns
+        one importance-weighted path. -nll_terms(z)["total"] is *not* such a weight when it is
+        only a bound: exp of a noisy lower bound on log p(z) overshoots p(z) on average.
+        """
+        if not self.exact:
+            raise NotImplementedError(f"{type(self).__name__} has no unbiased density estimate")
+        return -self.nll_terms(z)["total"]
+
     def kl(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor | None:
         """Analytic KL(q(z|x) || p(z)) per example where it exists, else None."""
         return None

@@ -19,6 +19,14 @@ The terms are `diffrep.diffusion.objectives`' (step_kl, gaussian_decoder_nll, pr
 schedule's gamma table; this module only chooses which steps to evaluate.
 Training uses an unbiased one-sample estimate (one i ~ U{2..T} per example, times T - 1, plus
 L_0 and L_T); evaluation (`eval()` mode or `exact=True`) sums all T - 1 KL terms, batched over i.
+
+Importance weights (`log_p_hat`): L(z0) is E_q[-log w] for the path weight
+
+    w(z_{1:T}) = p(z_{0:T}) / q(z_{1:T} | z0),   z_{1:T} ~ q(z_{1:T} | z0),   E_q[w] = p(z0),
+
+so one path per importance sample gives an unbiased estimate of p(z0), which is what the
+importance-weighted NLL of a VAE needs (Burda et al. 2016 on the extended latent z_{0:T}).
+exp(-L_hat(z0)) of the step-wise KL estimate is not: its expectation exceeds p(z0).
 """
 
 from __future__ import annotations
@@ -29,11 +37,16 @@ import torch
 
 from diffrep.diffusion import samplers
 from diffrep.diffusion.objectives import gaussian_decoder_nll, prior_kl, step_kl
-from diffrep.diffusion.process import q_sample
+from diffrep.diffusion.process import (
+    log_alpha2_sigma2,
+    posterior_coefficients,
+    q_sample,
+    x0_from_eps,
+)
 from diffrep.diffusion.schedules import SCHEDULES, Schedule
 from diffrep.errors import UserError
 from diffrep.nets.mlp import ResMLP
-from diffrep.priors.base import PRIORS, Prior
+from diffrep.priors.base import LOG_2PI, PRIORS, Prior
 
 
 def ddpm_schedule(T: int, schedule: str) -> Schedule:
@@ -164,6 +177,64 @@ class DiffusionPrior(Prior):
             sq = self._eps_error(z0.repeat(len(i) // B, 1), i)[2]
             total = total + self._step_kls(i, sq).view(-1, B).sum(0)
         return total
+
+    # ------------------------------------------------------------------ importance weights
+
+    def log_p_hat(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z_{0:T}) - log q(z_{1:T} | z0) [B] on one path z_{1:T} ~ q(z_{1:T} | z0).
+
+        exp of it is an unbiased estimate of p(z0) (module docstring); its expectation is
+        -L(z0), the bound `nll_terms` sums. The path is drawn backwards, z_T ~ q(z_T | z0), then
+        z_{i-1} ~ q(z_{i-1} | z_i, z0), and each step contributes the log-ratio of the reverse
+        model to that posterior on the same z_{i-1} (small per step, so the T-term sum keeps
+        its precision; float64 throughout). T network calls per example, batched over steps.
+        """
+        self.check_latent(z)
+        f64, B, Z, T = torch.float64, len(z), self.dim, self.T
+        g = self.gammas.to(f64)  # [T + 1], g[0] = -inf
+        z0 = z.to(f64)  # [B, Z]
+        eps = torch.randn_like(z0)
+        z_t = q_sample(z0, g[T], eps)  # z_T
+        # log N(z_T; 0, I) - log N(z_T; alpha_T z0, sigma_T^2 I)
+        log_s2_T = log_alpha2_sigma2(g[T])[1]
+        logw = 0.5 * (eps.pow(2).sum(-1) - z_t.pow(2).sum(-1) + Z * log_s2_T)
+        per_chunk = max(1, self.eval_chunk // max(B, 1))
+        top = T
+        while top >= 1:
+            steps = list(range(top, max(top - per_chunk, 0), -1))  # top, top - 1, ...
+            zs, es = [], []
+            for i in steps:  # draw the path down through this block of steps
+                zs.append(z_t)
+                if i >= 2:
+                    c_z, c_x, var_q = posterior_coefficients(g[i - 1], g[i])
+                    es.append(torch.randn_like(z0))
+                    z_t = c_z * z_t + c_x * z0 + var_q.sqrt() * es[-1]
+                else:
+                    z_t = z0
+            t_in = torch.tensor(steps, device=z.device).repeat_interleave(B).to(z.dtype) / T
+            eps_hat = self.eps_model(torch.cat(zs).to(z.dtype), t_in).to(f64).view(-1, B, Z)
+            for j, i in enumerate(steps):
+                x0_hat = x0_from_eps(zs[j], g[i], eps_hat[j])  # [B, Z]
+                if i == 1:  # log p(z0 | z_1) = log N(z0; x0_hat, sigma_1^2 I)
+                    log_s2 = log_alpha2_sigma2(g[1])[1]
+                    sq = (z0 - x0_hat).pow(2).sum(-1)
+                    logw = logw - 0.5 * (sq * torch.exp(-log_s2) + Z * (LOG_2PI + log_s2))
+                    continue
+                _, c_x, var_q = posterior_coefficients(g[i - 1], g[i])
+                if self.reverse_var == "posterior":
+                    var_p = var_q
+                else:  # beta_i = 1 - alpha_i^2 / alpha_{i-1}^2
+                    la = log_alpha2_sigma2(g[i - 1 : i + 1])[0]
+                    var_p = -torch.expm1(la[1] - la[0])
+                # z_{i-1} - mu_p = (z_{i-1} - mu_q) + c_x (z0 - x0_hat), mu_q - mu_p exact
+                diff = var_q.sqrt() * es[j] + c_x * (z0 - x0_hat)
+                logw = logw + (
+                    0.5 * es[j].pow(2).sum(-1)
+                    - 0.5 * diff.pow(2).sum(-1) / var_p
+                    - 0.5 * Z * torch.log(var_p / var_q)
+                )
+            top = steps[-1] - 1
+        return logw  # float64
 
     # ------------------------------------------------------------------ sampling
 
