@@ -17,7 +17,10 @@ import torch.nn.functional as F
 
 LOG_2PI = math.log(2 * math.pi)
 HALF_BIN = 1.0 / 256  # half the width of one 8-bit bin in model space
-EDGE = 1.0 - 2 * HALF_BIN  # centre of bin 0 is -EDGE, centre of bin 255 is +EDGE
+# The boundary between the two outermost bins on each side: bin 255 (centre 1 - HALF_BIN) is
+# x > EDGE, bin 0 is x < -EDGE. A boundary, not a centre, so inputs near a centre (8-bit data
+# after float rounding) pick the same bin whichever way they are off.
+EDGE = 1.0 - 2 * HALF_BIN
 
 Likelihood = Literal["logistic", "gaussian", "bernoulli"]
 
@@ -66,8 +69,8 @@ def discretised_logistic_log_prob(
     minus = (x - mean - HALF_BIN) * inv_s
     # sigmoid(a) - sigmoid(b) = sigmoid(a) sigmoid(-b) (1 - e^(b - a)), exact and stable.
     interior = F.logsigmoid(plus) + F.logsigmoid(-minus) + torch.log(-torch.expm1(minus - plus))
-    lp = torch.where(x < -EDGE + HALF_BIN, F.logsigmoid(plus), interior)
-    lp = torch.where(x > EDGE - HALF_BIN, F.logsigmoid(-minus), lp)
+    lp = torch.where(x < -EDGE, F.logsigmoid(plus), interior)
+    lp = torch.where(x > EDGE, F.logsigmoid(-minus), lp)
     return _sum_except_batch(lp)
 
 
@@ -89,8 +92,8 @@ def discretised_gaussian_log_prob(
     plus = (x - mean + HALF_BIN) * inv_s
     minus = (x - mean - HALF_BIN) * inv_s
     interior = _log_ndtr_diff(plus, minus)
-    lp = torch.where(x < -EDGE + HALF_BIN, torch.special.log_ndtr(plus), interior)
-    lp = torch.where(x > EDGE - HALF_BIN, torch.special.log_ndtr(-minus), lp)
+    lp = torch.where(x < -EDGE, torch.special.log_ndtr(plus), interior)
+    lp = torch.where(x > EDGE, torch.special.log_ndtr(-minus), lp)
     return _sum_except_batch(lp)
 
 

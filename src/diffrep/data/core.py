@@ -10,6 +10,7 @@ the cache.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -197,6 +198,14 @@ def load_dataset(
     from diffrep.data.splits import parse_split, resolve_slice
 
     loader = DATASETS.get(name)
+    # the loader's keyword-only parameters are its options (split and root are not options)
+    own = sorted(
+        n for n, p in inspect.signature(loader).parameters.items() if p.kind is p.KEYWORD_ONLY
+    )
+    for key in options:
+        if key not in own:
+            valid = f"valid options: {', '.join(own)}" if own else "it takes no options"
+            raise UserError(f"dataset {name!r}: unknown option {key!r}; {valid}")
     check_kwargs(loader, options, where=f"dataset {name!r}")
     info = INFO[name]
     root_s = None if root is None else str(Path(root).expanduser())

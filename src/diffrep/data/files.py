@@ -7,7 +7,10 @@ square; `size` resizes (PIL bicubic, antialiased when shrinking); `channels` 1 (
 3 (RGB), by default 1 when every image is greyscale.
 
 npz (option `path`): arrays `x` (uint8 [N,H,W], [N,H,W,C] or [N,C,H,W] with C in {1, 3}) and
-optional `y` (integer labels [N]); or `x_train`/`y_train`/`x_test`/`y_test`.
+optional `y` (integer labels [N]); or `x_train`/`y_train`/`x_test`/`y_test`. Optional generative
+factors (probed one by one by `diffrep eval`): `factors` (numbers [N, K] or [N]; with separate
+splits `factors_train`/`factors_test`), `factor_names` (K strings; default factor_0..) and
+`factor_kinds` (K of "discrete"/"continuous"; default: integer arrays discrete, others continuous).
 
 Without separate train/test data, `train`/`test` are a fixed holdout (seed 0, `test_fraction`,
 stratified when there are labels, see `holdout_indices`) and `all` is everything.
@@ -98,15 +101,19 @@ def _load_images(files: list[Path], size: int | None, channels: int | None) -> n
 
 
 def _split_data(
-    name, split, images, labels, class_names, test_fraction, source, num_classes=None
+    name, split, images, labels, class_names, test_fraction, source, num_classes=None, factors=None
 ) -> ImageData:
     idx = holdout_indices(len(images), split, test_fraction, seed=0, labels=labels)
     if len(idx) == 0:
         raise UserError(f"{name}: split {split!r} is empty; fix: change test_fraction")
+    f, names, kinds = factors or (None, (), ())
     return ImageData(
         name=name,
         images=images[idx],
         labels=None if labels is None else labels[idx],
+        factors=None if f is None else f[idx],
+        factor_names=names,
+        factor_kinds=kinds,
         num_classes=num_classes if num_classes else (len(class_names) or None),
         class_names=class_names,
         source=source,
@@ -184,11 +191,58 @@ def _labels(npz, key: str, n: int, path: Path) -> np.ndarray | None:
     return y.astype(np.int64)
 
 
+FACTOR_KINDS = ("discrete", "continuous")
+
+
+def _strings(npz, key: str, k: int, path: Path) -> tuple[str, ...] | None:
+    if key not in npz:
+        return None
+    a = np.asarray(npz[key])
+    if a.dtype.kind not in "US" or a.shape != (k,):
+        raise UserError(
+            f"{path}: {key} must be {k} strings (one per factor column), got {a.dtype} {a.shape}; "
+            f"fix: savez(..., {key}=np.array([...]))"
+        )
+    return tuple(str(v) for v in a)
+
+
+def _factors(npz, key: str, n: int, path: Path):
+    """(factors float64 [N, K], names, kinds) from `key`, factor_names, factor_kinds; or None."""
+    if key not in npz:
+        for other in ("factor_names", "factor_kinds"):
+            if other in npz:
+                raise UserError(f"{path}: {other} without {key}; fix: save the factors as {key}")
+        return None
+    raw = np.asarray(npz[key])
+    f = raw[:, None] if raw.ndim == 1 else raw
+    if f.ndim != 2 or len(f) != n or f.dtype.kind not in "biuf":
+        raise UserError(
+            f"{path}: {key} must be numbers [N, K] (or [N]) for the {n} images, got {raw.dtype} "
+            f"{raw.shape}; fix: one row of factor values per image"
+        )
+    f = f.astype(np.float64)
+    if not np.isfinite(f).all():
+        raise UserError(f"{path}: {key} has NaN or infinite values; fix: drop or impute them")
+    k = f.shape[1]
+    names = _strings(npz, "factor_names", k, path) or tuple(f"factor_{j}" for j in range(k))
+    if len(set(names)) != k:
+        raise UserError(f"{path}: factor_names repeat a name {names}; fix: name each factor once")
+    default = "discrete" if raw.dtype.kind in "biu" else "continuous"
+    kinds = _strings(npz, "factor_kinds", k, path) or (default,) * k
+    bad = [v for v in kinds if v not in FACTOR_KINDS]
+    if bad:
+        raise UserError(
+            f"{path}: factor_kinds {bad} unknown; fix: use {' or '.join(FACTOR_KINDS)} per factor"
+        )
+    return f, names, kinds
+
+
 @dataset(
     "npz",
     DatasetInfo(
-        description="numpy .npz with uint8 x [N,H,W(,C)] or [N,C,H,W] and optional labels y "
-        "(or x_train/x_test, y_train/y_test)",
+        description="numpy .npz with uint8 x [N,H,W(,C)] or [N,C,H,W], optional labels y and "
+        "factors [N,K] (factor_names, factor_kinds) (or x_train/x_test, y_train/y_test, "
+        "factors_train/factors_test)",
         shape="any",
         splits=("train", "test", "all"),
         files="options.path (a .npz file)",
@@ -213,10 +267,24 @@ def npz(
             y = _labels(f, f"y_{split}", len(x), p)
             ys = [f[s] for s in ("y_train", "y_test") if s in keys and f[s].size]
             k = max(int(a.max()) for a in ys) + 1 if y is not None and ys else None
-            return ImageData("npz", x, y, num_classes=k, source=str(p))
+            fac = _factors(f, f"factors_{split}", len(x), p)
+            if fac is None and "factors" in keys:
+                raise UserError(f"{p} has x_train/x_test; fix: save factors_train/factors_test")
+            f_, names, kinds = fac or (None, (), ())
+            return ImageData(
+                "npz",
+                x,
+                y,
+                factors=f_,
+                factor_names=names,
+                factor_kinds=kinds,
+                num_classes=k,
+                source=str(p),
+            )
         if "x" not in keys:
             raise UserError(f"{p} has no array 'x' (arrays: {sorted(keys)}); fix: savez(x=...)")
         x = _to_nchw(f["x"], "x", p)
         y = _labels(f, "y", len(x), p)
+        fac = _factors(f, "factors", len(x), p)
     k = int(y.max()) + 1 if y is not None and y.size else None
-    return _split_data("npz", split, x, y, (), test_fraction, str(p), num_classes=k)
+    return _split_data("npz", split, x, y, (), test_fraction, str(p), num_classes=k, factors=fac)
