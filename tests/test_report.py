@@ -65,9 +65,9 @@ def test_compare_markdown_csv_json(run_dir, tmp_path):
     (other / "eval.json").write_text(json.dumps(ev))
     md = compare([run_dir, other], csv_path=tmp_path / "t.csv", plot_path=tmp_path / "c.png")
     lines = md.strip().splitlines()
-    assert lines[0] == f"| metric | {run_dir.name} | other |"
+    assert lines[0] == f"| metric | better, unit | {run_dir.name} | other |"
     bpd_row = next(line for line in lines if line.startswith("| bpd |"))
-    cells = [float(c) for c in bpd_row.strip("| ").split(" | ")[1:]]
+    cells = [float(c) for c in bpd_row.strip("| ").split(" | ")[2:]]
     assert cells[1] == pytest.approx(cells[0] + 1.0, rel=1e-3)
     rows = list(csv.DictReader((tmp_path / "t.csv").open()))
     assert float(rows[1]["bpd"]) == pytest.approx(float(rows[0]["bpd"]) + 1.0)
@@ -93,6 +93,9 @@ def test_comparison_page_shows_the_named_figures_of_every_run(run_dir, tmp_path)
 
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
+    ev = json.loads((other / "eval.json").read_text())
+    ev["bpd"] += 1.0  # a bar chart shows only metrics on which the runs differ
+    (other / "eval.json").write_text(json.dumps(ev))
     figures = ("tsne", "samples")
     page = write_comparison_report([run_dir, other], tmp_path / "c.html", figures=figures)
     text = page.read_text()
@@ -178,7 +181,7 @@ def test_cli_compare_skips_paths_that_are_not_runs(run_dir, tmp_path, capsys):
     paths = sorted(str(p) for p in demo.iterdir())
     assert main(["compare", *paths]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines()[0] == "| metric | a | b |"
+    assert out.splitlines()[0] == "| metric | better, unit | a | b |"
     assert "skipped" in err and "report.html" in err and "notes" in err
     assert main(["compare", str(demo / "report.html")]) == 2
     assert "no run directories" in capsys.readouterr().err

@@ -25,32 +25,36 @@ import json
 import math
 from pathlib import Path
 
-from diffrep import atomic, jsonutil
+from diffrep import atomic, jsonutil, metric_info
 from diffrep.errors import UserError
 from diffrep.registry import Registry
 
-#: Metrics shown first, in this order, in the report and in `compare`; others follow, sorted.
+#: Metrics shown first, in this order within their group (`diffrep.metric_info`), in the report
+#: and in `compare`; `compare --headline` shows only these. No hashes or counts here, except the
+#: training steps, which every comparison shows (last, under bookkeeping).
 HEADLINE = (
     "bpd",
     "nll_iw_nats",
     "nll_iw_bpd",
+    "fid.domain",
+    "kid.domain",
+    "fid.inception",
+    "kid.inception",
     "probe.linear_acc",
     "probe.knn_acc",
     "probe.few_label_acc.10",
     "probe.few_label_acc.100",
     "probe.few_label_acc.1000",
-    "fid.domain",
-    "kid.domain",
-    "fid.inception",
-    "kid.inception",
+    "latent.active_units",
+    "latent.mi",
+    # The rate against the model's own prior (the ELBO's KL term), and beside it the KL to
+    # N(0, I) (a collapse diagnostic, large for learned priors: flagged in the tables).
+    "elbo_terms.kl",
+    "latent.kl_total",
     "recon.mse",
     "recon.psnr",
     "recon.ssim",
-    "latent.active_units",
-    "latent.mi",
-    # The rate against the model's own prior (the ELBO's KL term), not latent.kl_total, which
-    # is against N(0, I) for every prior (a collapse diagnostic, huge for learned priors).
-    "elbo_terms.kl",
+    "train_steps",
 )
 #: eval.json keys that are bookkeeping or per-dimension lists, not table rows.
 _SKIP = ("eval_config", "seconds", "figures", "capabilities", "errors", "method", "dataset")
@@ -63,8 +67,27 @@ def flatten(d: dict) -> dict[str, object]:
 
 
 def ordered_keys(keys) -> list[str]:
+    """Keys by group (`metric_info.GROUPS`, bookkeeping last); HEADLINE order, then sorted."""
     keys = set(keys)
-    return [k for k in HEADLINE if k in keys] + sorted(keys - set(HEADLINE))
+    first = [k for k in HEADLINE if k in keys] + sorted(keys - set(HEADLINE))
+    return [k for _, ks in metric_info.grouped(first) for k in ks]
+
+
+_KL_MARK = "†"
+
+
+def _kl_caveat(key: str, prior: str) -> bool:
+    """latent.kl_total of a VAE whose prior is not N(0, I): not the model's own KL."""
+    return key == "latent.kl_total" and prior != "gaussian"
+
+
+def _kl_note(priors) -> str:
+    learned = sorted({p for p in priors if p != "gaussian"})
+    return (
+        f"{_KL_MARK} latent.kl_total is the KL of q(z|x) to N(0, I), not to the model's own "
+        f"({', '.join(learned)}) prior: for a learned prior only a collapse diagnostic (large "
+        "when the prior is far from N(0, I)); the model's own rate is elbo_terms.kl."
+    )
 
 
 def format_value(v) -> str:
@@ -130,6 +153,7 @@ border-bottom:1px solid #eee;text-align:left}td.num{text-align:right;font-varian
 tabular-nums}figure{display:inline-block;margin:.5rem 1rem 1rem 0;vertical-align:top}
 figure img{max-width:100%;min-width:360px;border:1px solid #eee;image-rendering:pixelated}
 figcaption{font-size:.85rem;color:#555;max-width:520px}.err{color:#a00}
+th.group{background:#f4f4f4;padding-top:.5rem;text-transform:capitalize}td.meta{font-size:.8rem}
 """
 
 
@@ -187,11 +211,23 @@ def render_report(run_dir: str | Path) -> str:
         for fam, msg in (ev.get("errors") or {}).items():
             parts.append(f"<p class='err'>{esc(fam)}: {esc(msg)}</p>")
         flat = flatten(ev)
-        rows = "".join(
-            f"<tr><td>{esc(k)}</td><td class='num'>{esc(format_value(flat[k]))}</td></tr>"
-            for k in ordered_keys(flat)
-        )
-        parts.append(f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>")
+        steps = _train_steps(run_dir)
+        if steps is not None:
+            flat["train_steps"] = steps
+        prior = str((info.get("method_args") or {}).get("prior", "gaussian"))
+        rows = []
+        for group, keys in metric_info.grouped(ordered_keys(flat)):
+            rows.append(f"<tr><th colspan='3' class='group'>{esc(group)}</th></tr>")
+            for k in keys:
+                v = format_value(flat[k]) + (_KL_MARK if _kl_caveat(k, prior) else "")
+                rows.append(
+                    f"<tr><td>{esc(k)}</td><td class='num'>{esc(v)}</td>"
+                    f"<td class='meta'>{esc(metric_info.describe(k))}</td></tr>"
+                )
+        head = "<tr><th>metric</th><th>value</th><th>better, unit</th></tr>"
+        parts.append(f"<table>{head}{''.join(rows)}</table>")
+        if any(_kl_caveat(k, prior) for k in flat):
+            parts.append(f"<p class='meta'>{esc(_kl_note([prior]))}</p>")
 
     sections: dict[str, list[str]] = {}
     for f in plots.list_figures(run_dir):
@@ -275,14 +311,17 @@ def compare_table(run_dirs) -> tuple[list[str], list[dict]]:
     keys = ordered_keys(set().union(*flats))
     keys = [k for k in keys if not k.endswith("sha256")]
     rows = []
-    for (label, info, ev), flat in zip(runs, flats):
+    for r, (label, info, ev), flat in zip(run_dirs, runs, flats):
         row = {
             "run": label,
             "method": info.get("method", ev.get("method")),
             "dataset": info.get("dataset", ev.get("dataset")),
+            "prior": (info.get("method_args") or {}).get("prior", "gaussian"),
         }
         row.update({k: flat.get(k) for k in keys})
+        row["train_steps"] = _train_steps(Path(r))
         rows.append(row)
+    keys = ordered_keys([*keys, "train_steps"])
     return ["run", "method", "dataset", *keys], rows
 
 
@@ -320,35 +359,66 @@ def compare(
     if plot_path is not None:
         from diffrep.eval.plots import grouped_bars
 
-        table = {
-            k: {r["run"]: float(r[k]) for r in rows if isinstance(r.get(k), (int, float))}
-            for k in HEADLINE
-            if k in cols
-        }
-        table = {k: v for k, v in table.items() if v}
-        atomic.write_bytes(plot_path, grouped_bars(table, "diffrep compare"))
+        atomic.write_bytes(plot_path, grouped_bars(_bar_table(cols, rows), "diffrep compare"))
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if headline_only:
         cols = [c for c in cols if c in ("run", "method") or c in HEADLINE]
-    return markdown_table(cols, rows) + _fid_note(run_dirs)
+    return markdown_table(cols, rows) + _notes(cols, rows, run_dirs)
+
+
+def _notes(cols: list[str], rows: list[dict], run_dirs) -> str:
+    """Footnotes of a comparison table: the KL caveat, differing FID networks."""
+    text = ""
+    if "latent.kl_total" in cols and any(_kl_caveat("latent.kl_total", r["prior"]) for r in rows):
+        text += "\n" + _kl_note(r["prior"] for r in rows)
+    return text + _fid_note(run_dirs)
+
+
+def _bar_table(cols: list[str], rows: list[dict]) -> dict[str, dict[str, float]]:
+    """{panel title: {run: value}} of the headline metrics that tell the runs apart: no
+    bookkeeping, no panel where every run has the same value (it would say nothing)."""
+    table = {}
+    for k in HEADLINE:
+        if k not in cols or metric_info.info(k).group == "bookkeeping":
+            continue
+        vals = {r["run"]: float(r[k]) for r in rows if isinstance(r.get(k), (int, float))}
+        if len(set(vals.values())) < 2 and len(rows) > 1:
+            continue
+        mi = metric_info.info(k)
+        title = f"{k} {mi.arrow}".strip() + (f" ({mi.unit})" if mi.unit else "")
+        table[title] = vals
+    return table
 
 
 def _metric_rows(cols: list[str], rows: list[dict]) -> list[tuple[str, list]]:
     """Transpose: one (metric, [value per run]) per metric that at least one run has."""
     return [
-        (k, [r.get(k) for r in rows]) for k in cols[1:] if any(r.get(k) is not None for r in rows)
+        (k, [r.get(k) for r in rows])
+        for k in cols[1:]
+        if k not in ("method", "dataset", "prior") and any(r.get(k) is not None for r in rows)
     ]
 
 
+def _cell(k: str, v, row: dict) -> str:
+    return format_value(v) + (_KL_MARK if _kl_caveat(k, row.get("prior", "gaussian")) else "")
+
+
 def markdown_table(cols: list[str], rows: list[dict]) -> str:
-    """Metrics as rows and runs as columns: stays readable with many metrics and few runs."""
+    """Metrics as rows (grouped, with which way is better and the unit) and runs as columns:
+    stays readable with many metrics and few runs."""
     runs = [str(r["run"]) for r in rows]
-    head = "| metric | " + " | ".join(runs) + " |\n|---|" + "|".join("---" for _ in runs) + "|\n"
-    body = "".join(
-        f"| {k} | " + " | ".join(fmt_cell(v) for v in vals) + " |\n"
-        for k, vals in _metric_rows(cols, rows)
-    )
+    head = "| metric | better, unit | " + " | ".join(runs) + " |\n"
+    head += "|---|---|" + "|".join("---" for _ in runs) + "|\n"
+    metric_rows = dict(_metric_rows(cols, rows))
+    body = ""
+    if "method" in cols:
+        body += "| method | | " + " | ".join(fmt_cell(r["method"]) for r in rows) + " |\n"
+    for group, keys in metric_info.grouped(metric_rows):
+        body += f"| **{group}** | |" + "|".join(" " for _ in runs) + "|\n"
+        for k in keys:
+            cells = " | ".join(fmt_cell(_cell(k, v, r)) for v, r in zip(metric_rows[k], rows))
+            body += f"| {k} | {metric_info.describe(k)} | {cells} |\n"
     return head + body
 
 
@@ -368,24 +438,26 @@ def render_comparison(
     )
     parts.append(f"<p class='meta'>per-run reports: {links}</p><h2>Metrics</h2>")
     th = "".join(f"<th>{esc(str(r['run']))}</th>" for r in rows)
-    trs = "".join(
-        f"<tr><td>{esc(k)}</td>"
-        + "".join(f"<td class='num'>{esc(format_value(v))}</td>" for v in vals)
-        + "</tr>"
-        for k, vals in _metric_rows(cols, rows)
-    )
-    parts.append(f"<table><tr><th>metric</th>{th}</tr>{trs}</table>")
-    note = _fid_note(run_dirs).strip()
-    if note:
-        parts.append(f"<p class='err'>{esc(note)}</p>")
-    table = {
-        k: {r["run"]: float(r[k]) for r in rows if isinstance(r.get(k), (int, float))}
-        for k in HEADLINE
-        if k in cols
-    }
-    table = {k: v for k, v in table.items() if v}
+    metric_rows = dict(_metric_rows(cols, rows))
+    trs = []
+    for group, keys in metric_info.grouped(metric_rows):
+        trs.append(f"<tr><th colspan='{len(rows) + 2}' class='group'>{esc(group)}</th></tr>")
+        for k in keys:
+            tds = "".join(
+                f"<td class='num'>{esc(_cell(k, v, r))}</td>" for v, r in zip(metric_rows[k], rows)
+            )
+            trs.append(
+                f"<tr><td>{esc(k)}</td><td class='meta'>{esc(metric_info.describe(k))}</td>"
+                f"{tds}</tr>"
+            )
+    head = f"<tr><th>metric</th><th>better, unit</th>{th}</tr>"
+    parts.append(f"<table>{head}{''.join(trs)}</table>")
+    for note in _notes(cols, rows, run_dirs).strip().splitlines():
+        parts.append(f"<p class='meta'>{esc(note)}</p>")
+    table = _bar_table(cols, rows)
     if table:
-        parts.append(_figure(plots.grouped_bars(table, ""), "Headline metrics"))
+        caption = "panels where the runs differ; ↓ lower is better, ↑ higher is better"
+        parts.append(_figure(plots.grouped_bars(table, ""), "Headline metrics", caption))
     for name in figures:
         found = {f["name"]: f for d in run_dirs for f in plots.list_figures(d) if f["name"] == name}
         heading = found[name]["title"] if name in found else name.replace("_", " ").capitalize()
