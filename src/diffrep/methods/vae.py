@@ -152,5 +152,6 @@ class VAE(Method):
     def sample(self, n: int, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
         z = self.prior.sample(n, generator=generator, **kw).to(self.device)
         return self.decode(z)
+
     def sample_options(self) -> set[str]:
         return named_options(self.prior.sample)  # sampling options are the prior's
