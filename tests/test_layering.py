@@ -12,7 +12,7 @@ the design. The layers, lowest first (a module takes the layer of its longest ma
                rebuilds a method, so the two share a layer)
     train      train
     eval       eval (functions of a method and data -> eval.json and figures)
-    report     report (reads run directories; imports eval.plots)
+    report     report, metric_info (reads run directories; imports eval.plots)
     config     config (the schema: data, methods, train and eval sections)
     runs       runs (run directories: train, load, evaluate, fit a prior)
     app        demo, cli
@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("diffrep.methods", "diffrep.frozen"),
     ("diffrep.train",),
     ("diffrep.eval",),
-    ("diffrep.report",),
+    ("diffrep.report", "diffrep.metric_info"),
     ("diffrep.config",),
     ("diffrep.runs",),
     ("diffrep.demo", "diffrep.cli"),
