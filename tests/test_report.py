@@ -83,6 +83,9 @@ def test_comparison_page_has_table_and_every_runs_samples(run_dir, tmp_path):
 
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
+    ev = json.loads((other / "eval.json").read_text())
+    ev["bpd"] += 1.0  # a bar chart shows only metrics on which the runs differ
+    (other / "eval.json").write_text(json.dumps(ev))
     page = write_comparison_report([run_dir, other], tmp_path / "cmp.html").read_text()
     assert "<td>bpd</td>" in page
     assert page.count("data:image/png;base64,") >= 3  # bar chart + two sample grids
