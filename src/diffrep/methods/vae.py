@@ -80,7 +80,7 @@ class VAE(Method):
 
     @property
     def log_joint_exact(self) -> bool:  # type: ignore[override]
-        return bool(self.prior.exact)  # log p(x|z) is exact; log p(z) is a bound for diffusion
+        return bool(self.prior.exact)  # the diffusion prior: log p_hat(z) is one weighted path
 
     # -------------------------------------------------------------- parts
 
