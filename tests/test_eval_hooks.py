@@ -77,6 +77,8 @@ def test_iw_nll_label_follows_the_method_flag():
 
     vae = build_method("vae", (1, 8, 8), latent_dim=2, width=8)
     images = np.random.default_rng(0).integers(0, 256, (4, 1, 8, 8), dtype=np.uint8)
-    assert iw_nll(vae, images, k=2)["nll_iw_nats_is_bound"] is False
-    vae.prior.exact = False  # what a bound-only prior declares
-    assert iw_nll(vae, images, k=2)["nll_iw_nats_is_bound"] is True
+    assert iw_nll(vae, images, k=2)["nll_iw_latent_chain"] is False
+    # a prior without an exact density: its latent chain is weighted with z (one path each)
+    args = {"T": 30, "hidden": 16}
+    vae = build_method("vae", (1, 8, 8), latent_dim=2, width=8, prior="diffusion", prior_args=args)
+    assert iw_nll(vae.eval(), images, k=2)["nll_iw_latent_chain"] is True

@@ -16,9 +16,9 @@ z_{1:T}) is importance-weighted jointly with z (`Prior.log_p_hat`):
     w_j = p(x | z0_j) p(z0_j, z_{1:T,j}) / (q(z0_j | x) q(z_{1:T,j} | z0_j)),   one path per j,
 
 so the estimate is still a valid upper bound that tightens with k (flagged "nll_iw_latent_chain"
-when `method.log_joint_exact` is False: at the same k it is looser than with an exact density). Plugging a
-*bound* on log p(z) into eq. 8 instead is not a bound: by Jensen the average of exp(noisy bound)
-rewards its noise and lands below -log p(x) (`plugin_iw_nll_not_a_bound`, kept for comparison).
+when `method.log_joint_exact` is False: at the same k it is looser than with an exact density).
+Plugging a *bound* on log p(z) into eq. 8 instead is not a bound: by Jensen the average of
+exp(noisy bound) rewards its noise and lands below -log p(x) (`plugin_iw_nll_not_a_bound`).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ class Method(nn.Module):
     bound_is_valid: bool = True
 
     #: True when `log_joint(x0, z)` = log p(x | z) + log p(z) is exact (a VAE with a Gaussian or
-    #: flow prior); False when it is only a lower bound (a diffusion prior, a diffusion decoder)
-    #: or absent. The importance-weighted NLL then reads as an estimate of -log p(x) only when
-    #: True, and eval.json flags it "nll_iw_nats_is_bound" otherwise.
+    #: flow prior); False when it is the log of an unbiased estimate of p(x, z) (a diffusion
+    #: prior: one weighted path of its chain) or absent. The importance-weighted NLL is an upper
+    #: bound either way; eval.json says "nll_iw_latent_chain" when False (looser at the same k).
     log_joint_exact: bool = False
 
     #: True when the representation depends on a noise level: `encode(x0, t=None)` with t in
