@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffrep.errors import UserError
+from diffrep.nets.encoders import ConvEncoder
 from diffrep.nets.layers import FiLM, TimeEmbedding, sinusoidal_embedding
 from diffrep.nets.mlp import ResMLP
 from diffrep.nets.unet import UNet
@@ -154,3 +155,61 @@ def test_unet_every_parameter_is_used(size, mults):
         torch.nn.init.normal_(p, std=0.05)
     net(torch.randn(2, 1, size, size), torch.rand(2)).square().sum().backward()
     assert [n for n, p in net.named_parameters() if p.grad is None] == []
+
+
+# --------------------------------------------------------------------------- E(x0, t)
+
+
+def test_time_dependent_encoder_shapes_init_and_independence():
+    torch.manual_seed(0)
+    enc = ConvEncoder((1, 28, 28), 6, width=8, time_embedding=True).eval()
+    x, t = torch.randn(4, 1, 28, 28), torch.rand(4)
+    out = enc(x, t=t)
+    assert out.shape == (4, 6)
+    # FiLM starts at the identity: at init E(x0, t) does not depend on t
+    torch.testing.assert_close(enc(x, t=torch.zeros(4)), enc(x, t=torch.ones(4)))
+    _randomise_output(enc)  # now the time embedding reaches the output
+    out = enc(x, t=t)
+    assert (enc(x, t=t + 0.3) - out).abs().mean() > 1e-3 * out.abs().mean()
+    single = torch.cat([enc(x[i : i + 1], t=t[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(out, single, rtol=1e-4, atol=1e-5)  # per-example t, no mixing
+    torch.testing.assert_close(enc(x, t=torch.tensor(0.5)), enc(x, t=torch.full((4,), 0.5)))
+
+
+def test_time_dependent_encoder_checks_t_and_keeps_plain_weights():
+    plain = ConvEncoder((1, 8, 8), 3, width=8)
+    timed = ConvEncoder((1, 8, 8), 3, width=8, time_embedding=True)
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(UserError, match="time_embedding=True"):
+        timed(x)
+    with pytest.raises(UserError, match="time_embedding=False"):
+        plain(x, t=torch.rand(2))
+    # the plain encoder's parameters (and checkpoints) are unchanged by the option
+    extra = set(timed.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("time_embed.") or ".film." in k for k in extra)
+    assert set(plain.state_dict()) <= set(timed.state_dict())
+
+
+def test_time_dependent_encoder_fits_what_a_plain_one_cannot():
+    """Each image twice, once at t < 1/2 with target +m(x), once at t > 1/2 with -m(x):
+    a function of x alone can at best output 0 (loss = the target's variance)."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 8, 8).repeat(2, 1, 1, 1)
+    t = torch.cat([0.5 * torch.rand(32), 0.5 + 0.5 * torch.rand(32)])
+    target = (torch.sign(0.5 - t) * x.mean((1, 2, 3)))[:, None] * 4
+
+    def fit(time_embedding: bool) -> float:
+        torch.manual_seed(1)
+        enc = ConvEncoder((1, 8, 8), 1, width=8, time_embedding=time_embedding)
+        opt = torch.optim.Adam(enc.parameters(), lr=3e-3)
+        for _ in range(150):
+            out = enc(x, t=t) if time_embedding else enc(x)
+            loss = (out - target).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item()
+
+    var = float(target.var())
+    assert fit(False) > 0.5 * var  # a function of x alone cannot know the sign
+    assert fit(True) < 0.2 * var

@@ -5,6 +5,11 @@ Sized for 8x8 to 64x64 images: the encoder halves the resolution while both side
 at least 8 (28 -> 14 -> 7, 32 -> 16 -> 8 -> 4, 8 -> 4), then a linear head maps the flattened
 features to `out_dim`. The decoder mirrors the same size sequence, upsampling to the exact sizes,
 so odd resolutions (7x7) round-trip without padding tricks.
+
+`ConvEncoder(..., time_embedding=True)` is the time-dependent encoder E(x0, t) of DRL (seed 001
+eq. 4): t [B] in [0, 1] is embedded as in the UNet (`layers.TimeEmbedding`) and enters every
+residual block by FiLM after its second norm (ADM's scale-shift norm, zero-initialised, so the
+encoder starts out independent of t). The network knows nothing of schedules: t is just a float.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffrep.errors import UserError
+from diffrep.nets.layers import FiLM, TimeEmbedding
 
 
 def _num_groups(channels: int) -> int:
@@ -33,9 +39,12 @@ def size_sequence(h: int, w: int) -> list[tuple[int, int]]:
 
 
 class ConvBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv3x3, twice, with a residual connection."""
+    """GroupNorm -> SiLU -> conv3x3, twice, with a residual connection.
 
-    def __init__(self, channels: int):
+    With `emb_dim > 0` an embedding e [B, emb_dim] modulates the second norm's output by FiLM.
+    """
+
+    def __init__(self, channels: int, emb_dim: int = 0):
         super().__init__()
         self.net = nn.Sequential(
             nn.GroupNorm(_num_groups(channels), channels),
@@ -45,9 +54,13 @@ class ConvBlock(nn.Module):
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
+        self.film = FiLM(emb_dim, channels) if emb_dim > 0 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        if self.film is None:
+            return x + self.net(x)
+        h = self.film(self.net[:4](x), emb)  # after the second GroupNorm
+        return x + self.net[4:](h)
 
 
 def _check_sizes(where: str, **sizes: int) -> None:
@@ -58,7 +71,7 @@ def _check_sizes(where: str, **sizes: int) -> None:
 
 
 class ConvEncoder(nn.Module):
-    """x [B, C, H, W] -> [B, out_dim]."""
+    """x [B, C, H, W] (and t [B] when `time_embedding`) -> [B, out_dim]."""
 
     def __init__(
         self,
@@ -67,16 +80,20 @@ class ConvEncoder(nn.Module):
         width: int = 32,
         max_mult: int = 4,
         cond_dim: int = 0,
+        time_embedding: bool = False,
     ):
         super().__init__()
         _check_sizes("ConvEncoder", out_dim=out_dim, width=width, max_mult=max_mult)
         c, h, w = in_shape
         self.sizes = size_sequence(h, w)
         chans = [width * min(2**i, max_mult) for i in range(len(self.sizes))]
+        self.time_embedding = time_embedding
+        emb_dim = 4 * width if time_embedding else 0  # the UNet's 4 x base width
+        self.time_embed = TimeEmbedding(emb_dim) if time_embedding else None
         self.stem = nn.Conv2d(c, chans[0], 3, padding=1)
         blocks: list[nn.Module] = []
         for i in range(len(self.sizes)):
-            blocks.append(ConvBlock(chans[i]))
+            blocks.append(ConvBlock(chans[i], emb_dim))
             if i + 1 < len(self.sizes):  # stride-2 conv: learned downsampling
                 blocks.append(nn.Conv2d(chans[i], chans[i + 1], 3, stride=2, padding=1))
         self.blocks = nn.Sequential(*blocks)
@@ -88,8 +105,24 @@ class ConvEncoder(nn.Module):
         )
         self.out = nn.Linear(2 * width * max_mult, out_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.blocks(self.stem(x)).flatten(1)  # [B, flat_dim]
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor | None = None, t: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if (t is None) == self.time_embedding:
+            raise UserError(
+                "ConvEncoder: pass t exactly when built with time_embedding=True "
+                f"(time_embedding={self.time_embedding}, t given: {t is not None}); "
+                "fix: encoder(x, t=t) for E(x0, t), encoder(x) otherwise"
+            )
+        emb = None
+        if t is not None:  # [B] or a scalar shared by the batch
+            t = t.to(x.dtype).reshape(-1)
+            emb = self.time_embed(t)
+            emb = emb.expand(x.shape[0], -1) if t.numel() == 1 else emb  # FiLM: one row
+        h = self.stem(x)
+        for block in self.blocks:
+            h = block(h, emb) if isinstance(block, ConvBlock) else block(h)
+        hidden = h.flatten(1)  # [B, flat_dim]
         if cond is not None:
             hidden = torch.cat([hidden, cond], dim=1)
         return self.out(self.head(hidden))
