@@ -16,6 +16,12 @@ TINY = {
     "vdm": {"unet": {"base_channels": 8, "channel_mults": (1, 2)}, "sample_steps": 4},
     "ddpm": {"T": 50, "unet": {"base_channels": 8, "channel_mults": (1, 2)}, "sample_steps": 4},
     "dae": {"code_dim": 3, "width": 8},
+    "drl": {
+        "code_dim": 3,
+        "width": 8,
+        "unet": {"base_channels": 8, "channel_mults": (1, 2)},
+        "sample_steps": 4,
+    },
     "vae_vdm": {
         "latent_dim": 3,
         "encoder_width": 8,

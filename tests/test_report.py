@@ -196,3 +196,19 @@ def test_compare_layouts_are_registered():
     assert LAYOUTS.names() == ["priors", "runs"]
     with pytest.raises(UserError, match="choose one of: priors, runs"):
         LAYOUTS.build("table9")
+
+
+def test_write_page_holds_text_and_figures(run_dir, tmp_path):
+    from diffrep.report import write_page
+
+    png = (run_dir / "figures" / "samples.png").read_bytes()
+    table = "| run | acc |\n|---|---|\n| a<b | 0.98 |"
+    out = write_page(
+        tmp_path / "page.html",
+        "Bench & co",
+        [("Table", [table]), ("Figures", [(png, "Samples", "two"), (png, "Again", "")])],
+    )
+    text = out.read_text()
+    assert "Bench &amp; co" in text and "a&lt;b | 0.98" in text  # escaped, as printed
+    assert len(re.findall(r'<img src="data:image/png;base64,', text)) == 2
+    assert "<script" not in text and text.index("<h2>Table") < text.index("<h2>Figures")

@@ -645,3 +645,23 @@ class PriorsLayout:
 
     def html(self, run_dirs) -> str:
         return render_table1(run_dirs)
+
+
+# --------------------------------------------------------------------------- free-form pages
+
+
+def write_page(out: str | Path, title: str, sections: list[tuple[str, list]]) -> Path:
+    """One self-contained page of text blocks and figures (benchmarks' result pages).
+
+    sections: [(heading, items)]; an item is a str (shown preformatted, e.g. a table as it was
+    printed) or a (png_bytes, title, caption) figure.
+    """
+    parts = [_page_head(title)]
+    for heading, items in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        for item in items:
+            is_text = isinstance(item, str)
+            parts.append(f"<pre>{html.escape(item)}</pre>" if is_text else _figure(*item))
+    parts.append("</body></html>")
+    atomic.write_text(Path(out), "\n".join(parts))
+    return Path(out)

@@ -3,6 +3,7 @@
 from diffrep.methods import (
     dae,  # noqa: F401,E402
     ddpm,  # noqa: F401,E402
+    drl,  # noqa: F401,E402
     ideal,  # noqa: F401,E402
     latent_prior,  # noqa: F401,E402
     pdae,  # noqa: F401,E402
