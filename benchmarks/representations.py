@@ -93,7 +93,7 @@ def row_spec(name: str, args) -> tuple[str, dict]:
     from diffrep.methods import METHODS
 
     params = inspect.signature(METHODS.get(name)).parameters
-    wanted = {"latent_dim": z, "code_dim": z, "width": w, "unet": unet}
+    wanted = {"latent_dim": z, "code_dim": z, "width": w, "encoder_width": w, "unet": unet}
     wanted["sample_steps"] = args.sample_steps
     return name, {k: v for k, v in wanted.items() if k in params}
 
@@ -314,11 +314,16 @@ def _trained_steps(run_dir: Path) -> int:
     return max((r.get("step", 0) for r in rows), default=0)
 
 
-def raw_pixel_row(data, seed: int) -> dict:
+def raw_pixel_row(data, seed: int, cache: Path) -> dict:
+    """The probes on x in [0, 1] (784 features); cached in OUT (they do not depend on a run)."""
+    if cache.is_file():
+        return json.loads(cache.read_text())
     train, test = data
     f_tr = train.images.reshape(len(train), -1) / 255.0
     f_te = test.images.reshape(len(test), -1) / 255.0
-    return {"row": "raw pixels", "probe": probe_row(f_tr, train.labels, f_te, test.labels, seed)}
+    res = {"row": "raw pixels", "probe": probe_row(f_tr, train.labels, f_te, test.labels, seed)}
+    cache.write_text(json.dumps(res, indent=1))
+    return res
 
 
 # ---------------------------------------------------------------------------- table
@@ -477,7 +482,7 @@ def main(argv=None) -> int:
             continue
         print(f"{name}: evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
         results.append(res)
-    results.append(raw_pixel_row(data, args.seed))
+    results.append(raw_pixel_row(data, args.seed, out / "raw-pixels.json"))
 
     md = table(results)
     header = (
