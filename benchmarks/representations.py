@@ -66,6 +66,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps (recon, figures)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep rows of OUT already evaluated")
+    ap.add_argument(
+        "--only",
+        choices=("rows", "raw"),
+        help="rows: train and evaluate --rows, nothing else; raw: only the raw-pixel probes "
+        "(parallel workers on one OUT; a last run with --reuse prints the table and the page)",
+    )
     ap.add_argument("--out", default="runs/representations")
     return ap.parse_args(argv)
 
@@ -158,17 +164,11 @@ def steps_for_minutes(minutes: float, x: torch.Tensor, args) -> tuple[int, float
 # ---------------------------------------------------------------------------- features
 
 
-@torch.no_grad()
-def codes(method, images: np.ndarray, t: float | None = None, batch: int = 500) -> np.ndarray:
+def codes(method, images: np.ndarray, t: float | None = None) -> np.ndarray:
     """encode(x0) (or E(x0, t)) of uint8 images -> float64 [N, Z]."""
-    from diffrep.eval.batching import model_input
+    from diffrep.eval.batching import encode_features
 
-    out = []
-    for s in range(0, len(images), batch):
-        x0 = model_input(images[s : s + batch], method.device)
-        z = method.encode(x0) if t is None else method.encode(x0, t=t)
-        out.append(z.double().cpu().numpy())
-    return np.concatenate(out)
+    return encode_features(method, images, 500, None if t is None else float(t))
 
 
 def probe_row(f_tr, y_tr, f_te, y_te, seed: int) -> dict:
@@ -468,7 +468,7 @@ def main(argv=None) -> int:
         x = to_model_input(torch.from_numpy(data[0].images[: 6 * args.batch_size]))
         steps, per_step = steps_for_minutes(args.minutes, x, args)
         print(f"budget {args.minutes:g} min/method at {per_step:.2f} s/step (drl) -> {steps} steps")
-    rows = selected_rows(args)
+    rows = [] if args.only == "raw" else selected_rows(args)
     results = []
     failed = {}
     for name in rows:
@@ -482,7 +482,14 @@ def main(argv=None) -> int:
             continue
         print(f"{name}: evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
         results.append(res)
+    if args.only == "rows":
+        print(
+            json.dumps({"benchmark": "representations", "rows_done": [r["row"] for r in results]})
+        )
+        return 0
     results.append(raw_pixel_row(data, args.seed, out / "raw-pixels.json"))
+    if args.only == "raw":
+        return 0
 
     md = table(results)
     header = (
