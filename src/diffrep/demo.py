@@ -32,7 +32,12 @@ def demo_config(prior: str, steps: int, device: str | None):
             "prior_args": PRIOR_ARGS.get(prior, {}),
         },
         "train": {"steps": steps, "log_every": 50, "ckpt_every": steps},
-        "eval": {"n_samples": 2000, "iw_samples": 16, "iw_max_examples": 200},
+        "eval": {
+            "n_samples": 2000,
+            "iw_samples": 16,
+            "iw_max_examples": 200,
+            "kid_subset_size": 300,  # KID subsets within the 359 test images
+        },
     }
     if device:
         raw["train"]["device"] = device
