@@ -100,12 +100,4 @@ def run(quick: bool, device: torch.device) -> dict:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="bench")
-    args = p.parse_args()
-    r = run(args.quick, torch.device("cpu"))
-    H.print_record(r)
-    H.write_record(r, Path(args.out))
+    H.cli(run, __doc__, torch.device("cpu"))

@@ -110,13 +110,4 @@ def sampler_overhead(quick: bool, device: torch.device) -> dict:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default="bench")
-    args = p.parse_args()
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    r = run(args.quick, dev)
-    H.print_record(r)
-    H.write_record(r, Path(args.out))
+    H.cli(run, __doc__)

@@ -236,3 +236,19 @@ def render_html(records: list[dict], path: Path) -> None:
         for n in rec["notes"]:
             parts.append(f"<p><i>{html.escape(n)}</i></p>")
     path.write_text("\n".join(parts))
+
+
+def cli(run, doc: str, device: torch.device | None = None) -> None:
+    """The command line of one benchmark module: `--quick`, `--out`; print and write its record."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="bench")
+    args = p.parse_args()
+    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rec = run(args.quick, dev)
+    print_record(rec)
+    if rec.get("options"):
+        print(table(rec["options"]))
+    write_record(rec, Path(args.out))
