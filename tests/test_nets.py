@@ -28,8 +28,9 @@ def _randomise_output(net: torch.nn.Module) -> None:
     "shape, image_size",
     [((1, 8, 8), 8), ((1, 28, 28), 28), ((3, 32, 32), 32), ((1, 7, 7), None), ((2, 12, 20), None)],
 )
-def test_unet_shapes_and_zero_init(shape, image_size):
-    net = UNet(shape[0], image_size=image_size, **TINY)
+@pytest.mark.parametrize("upsample", ["thin", "wide"])
+def test_unet_shapes_and_zero_init(shape, image_size, upsample):
+    net = UNet(shape[0], image_size=image_size, upsample=upsample, **TINY)
     x = torch.randn(3, *shape)
     out = net(x, torch.rand(3))
     assert out.shape == x.shape
@@ -146,11 +147,12 @@ def test_resmlp_shapes_conditioning_and_fit():
         cnet(torch.randn(7, 4), torch.rand(7))
 
 
+@pytest.mark.parametrize("upsample", ["thin", "wide"])
 @pytest.mark.parametrize("size, mults", [(28, (1, 2, 2, 2)), (8, (1, 2, 2))])
-def test_unet_every_parameter_is_used(size, mults):
+def test_unet_every_parameter_is_used(size, mults, upsample):
     """With image_size known, no layer is dead weight (levels that cannot downsample at 7x7
     or 4x4 get no resampling convs, attention only where the size is listed)."""
-    net = UNet(1, image_size=size, base_channels=8, channel_mults=mults)
+    net = UNet(1, image_size=size, base_channels=8, channel_mults=mults, upsample=upsample)
     for p in net.parameters():
         torch.nn.init.normal_(p, std=0.05)
     net(torch.randn(2, 1, size, size), torch.rand(2)).square().sum().backward()
@@ -213,3 +215,28 @@ def test_time_dependent_encoder_fits_what_a_plain_one_cannot():
     var = float(target.var())
     assert fit(False) > 0.5 * var  # a function of x alone cannot know the sign
     assert fit(True) < 0.2 * var
+
+
+def test_unet_thin_upsampling_convolves_at_the_low_resolution():
+    """Thin upsampling maps 2c -> c at 14x14 before repeating pixels; wide keeps 2c and convolves at
+    28x28: same layout otherwise, so thin has fewer parameters and a quarter-cost resample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kw = dict(base_channels=16, channel_mults=(1, 2), image_size=28, attn_resolutions=())
+    nets = {m: UNet(1, upsample=m, **kw) for m in ("thin", "wide")}
+    thin, wide = (nets[m].up_path.resample[0] for m in ("thin", "wide"))
+    assert (thin.in_channels, thin.out_channels) == (32, 16)
+    assert (wide.in_channels, wide.out_channels) == (32, 32)
+    # the wide net's extra parameters: a 32 -> 32 instead of 32 -> 16 resample conv, and its
+    # first up block at 28x28 reads 32 + 16 channels instead of 16 + 16 (norm1, conv1, 1x1 skip)
+    extra = (32 * 16 * 9 + 16) + 2 * 16 + 16 * 16 * 9 + 16 * 16
+    n = {m: sum(p.numel() for p in net.parameters()) for m, net in nets.items()}
+    assert n["wide"] - n["thin"] == extra
+    flops = {}
+    for m, net in nets.items():
+        with FlopCounterMode(display=False) as fc:
+            net(torch.randn(2, 1, 28, 28), torch.rand(2))
+        flops[m] = fc.get_total_flops()
+    assert flops["thin"] < 0.85 * flops["wide"]
+    with pytest.raises(UserError, match="upsample"):
+        UNet(1, upsample="bilinear", **kw)

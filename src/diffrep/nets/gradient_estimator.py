@@ -8,7 +8,8 @@ and middle block, frozen) and adds a trainable decoder half conditioned on z:
     e = [emb_t, MLP(z)]                                           # [B, 2 E]
     G = conv_out(up path of ResBlocks(h, skips; FiLM from e))    # [B, C, H, W]
 
-The up path mirrors the frozen U-Net's (same channels, skips and resampling; no attention); only
+The up path is the frozen U-Net's layout (`unet.UpPath`: same channels, skips and resampling;
+no attention); only
 its output conv is zero-initialised, so training starts from G = 0 (the frozen DPM itself) with z
 already shaping the features that the output layer learns from.
 
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffrep.nets.layers import CondEmbedding, ResBlock, group_norm
-from diffrep.nets.unet import UNet
+from diffrep.nets.layers import CondEmbedding, group_norm
+from diffrep.nets.unet import UNet, UpPath
 
 
 class GradientEstimator(nn.Module):
@@ -43,24 +44,16 @@ class GradientEstimator(nn.Module):
         chans = [blocks[0].conv1.out_channels for blocks in backbone.down]
         temb = backbone.time_embed.mlp[-2].out_features
         self.z_dim = z_dim
-        self.nrb = len(backbone.down[0])
         self.z_embed = CondEmbedding(z_dim, temb)
         emb_dim = 2 * temb  # [time, z]: every block's FiLM gets its own scale/shift from z
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
-        c = chans[-1]
-        for k, i in enumerate(reversed(range(len(chans)))):
-            blocks = nn.ModuleList()
-            for _ in range(self.nrb):
-                blocks.append(ResBlock(c + skip_chans.pop(), chans[i], emb_dim, dropout=dropout))
-                c = chans[i]
-            self.up.append(blocks)
-            resample = isinstance(backbone.upsample[k], nn.Conv2d)
-            self.upsample.append(nn.Conv2d(c, c, 3, padding=1) if resample else nn.Identity())
+        self.up_path = UpPath(
+            chans, skip_chans, emb_dim, backbone.resize, upsample=backbone.up_path.mode,
+            dropout=dropout,
+        )  # fmt: skip
         # Only the output starts at zero. The ResBlocks' zero-initialised FiLM projections and
         # second convs (the identity start of a denoiser) would gate z behind three zero factors:
         # z's only way to G, and so the encoder's gradient, would be third order at the start.
-        for blocks in self.up:
+        for blocks in self.up_path.blocks:
             for block in blocks:
                 block.film.proj.reset_parameters()
                 block.conv2.reset_parameters()
@@ -75,11 +68,5 @@ class GradientEstimator(nn.Module):
         # x_t [B, C, H, W], t [B], z [B, z_dim] -> G [B, C, H, W]
         h, skips, shapes, emb = backbone.down_path(x_t, t)
         emb = torch.cat([emb.expand(x_t.shape[0], -1), self.z_embed(z.to(x_t.dtype))], dim=1)
-        levels = len(self.up)
-        for k, blocks in enumerate(self.up):
-            i = levels - 1 - k
-            for block in blocks:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb)
-            if i > 0 and h.shape[-2:] != shapes[i - 1]:
-                h = self.upsample[k](F.interpolate(h, size=shapes[i - 1], mode="nearest"))
+        h = self.up_path(h, skips, shapes, emb)
         return self.conv_out(F.silu(self.norm_out(h)))
