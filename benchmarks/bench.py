@@ -9,7 +9,11 @@ with a plot per benchmark. The GPU is used when torch sees one, the CPU otherwis
     python benchmarks/bench.py --only sampling eval_speed
 
 Passive OpenMP waiting is set before torch loads (a shared machine's busy cores otherwise make
-spinning threads slow everything down); --threads sets torch's intra-op threads.
+spinning threads slow everything down). --threads sets torch's intra-op threads: 1 by default,
+the `diffrep` CLI's default (see the threads benchmark for why), so the figures are what a user
+gets out of the box; --threads 2 (or 0, torch's default) measures with both cores. With passive
+waiting, a second thread makes small ops slower (every parallel region wakes a sleeping thread):
+the latent prior's 128 x 16 steps take about 3x longer at 2 threads than at 1.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a few-minute pass")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     p.add_argument("--out", default="bench", help="directory for the JSON records and bench.html")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the CLI's default; 0: torch's)"
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     records = []

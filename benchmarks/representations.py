@@ -60,6 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--code-dim", type=int, default=32)
     ap.add_argument("--width", type=int, default=16, help="encoder (and VAE/DAE decoder) width")
     ap.add_argument("--unet-width", type=int, default=16, help="DRL U-Net base channels")
+    ap.add_argument(
+        "--cond-map",
+        action="store_true",
+        help="DRL U-Nets also get the code as a spatial map (nets.unet cond_map)",
+    )
+    ap.add_argument(
+        "--weighting",
+        default="simple",
+        help="lambda(t) of the drl, -variational and -time rows (diffusion.weighting.WEIGHTINGS)",
+    )
     ap.add_argument("--fixed-t", type=float, default=0.5, help="E(x0, t)'s fixed probe t")
     ap.add_argument("--t-grid", type=int, default=9, help="t values of the per-t curves")
     ap.add_argument("--recon-n", type=int, default=200, help="test images reconstructed")
@@ -83,7 +93,11 @@ def row_spec(name: str, args) -> tuple[str, dict]:
     """(method name, constructor arguments) of a row: one code size and width for all."""
     z, w = args.code_dim, args.width
     unet = {"base_channels": args.unet_width, "channel_mults": [1, 2, 2], "cond_mode": "film"}
-    drl = dict(code_dim=z, width=w, unet=unet, sample_steps=args.sample_steps)
+    if args.cond_map:
+        unet["cond_map"] = True
+    drl = dict(
+        code_dim=z, width=w, unet=unet, sample_steps=args.sample_steps, weighting=args.weighting
+    )
     specs = {
         "drl": ("drl", drl),
         "drl-variational": ("drl", {**drl, "variational": True}),

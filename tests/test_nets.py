@@ -3,6 +3,8 @@ per-example independence, conditioning, and that the networks can actually fit a
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -91,6 +93,24 @@ def test_unet_conditioning(mode):
         net(x, t)
     with pytest.raises(UserError, match="in_channels"):
         net(torch.randn(2, 3, 8, 8), t)
+
+
+def test_unet_cond_map_places_the_code_spatially():
+    """cond_map adds Linear(code) as a [C, h, w] map at the bottleneck: zero at init (the code
+    changes nothing), then a code reaches the output through it even with FiLM left at zero."""
+    torch.manual_seed(0)
+    net = UNet(1, image_size=8, cond_dim=3, cond_mode="film", cond_map=True, **TINY)
+    x, t, c = torch.randn(2, 1, 8, 8), torch.rand(2), torch.randn(2, 3)
+    assert torch.equal(net(x, t, c), net(x, t, -c))
+    _randomise_output(net)  # this also gives the FiLM projections weights: zero them again
+    with torch.no_grad():
+        for m in [net.cond_map, *(m.proj for m in net.modules() if isinstance(m, FiLM))]:
+            m.weight.zero_()
+    torch.nn.init.normal_(net.cond_map.weight, std=0.1)
+    assert (net(x, t, c) - net(x, t, -c)).abs().max() > 1e-4
+    assert net.cond_map.out_features == math.prod(net._map_shape)
+    with pytest.raises(UserError, match="cond_map"):
+        UNet(1, cond_dim=3, cond_map=True, **TINY)  # no image_size: the map's shape is unknown
 
 
 def test_unet_learns_to_denoise():

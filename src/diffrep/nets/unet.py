@@ -20,7 +20,10 @@ Odd sizes: a level downsamples only while H and W are both even and >= 8, so 28x
 
 Conditioning on a code c [B, cond_dim]: `cond_mode="add"` adds an MLP embedding of c to the
 time embedding (one shared embedding); `cond_mode="film"` concatenates it, so every block's FiLM
-projection gets its own scale/shift from the code.
+projection gets its own scale/shift from the code. FiLM is the same at every pixel, so a code can
+only say *where* things are through features that x_t already has; `cond_map=True` also adds a
+linear map of the code to the lowest-resolution features [C, h, w] before the middle block (a
+VAE decoder's first layer), which lets the code place coarse shapes when x_t is mostly noise.
 
 Optional `fourier_exponents` (VDM, Kingma et al. 2021, appendix B): extra input channels
 sin(2^n pi x), cos(2^n pi x); with n near 7 they resolve single 8-bit bins (width 2/256 in model
@@ -47,6 +50,7 @@ from diffrep.nets.layers import (
     TimeEmbedding,
     group_norm,
     time_and_code_embedding,
+    zero_module,
 )
 
 
@@ -73,6 +77,7 @@ class UNet(nn.Module):
         image_size: int | tuple[int, int] | None = None,
         channels_last: bool = False,
         upsample: Literal["thin", "wide"] = "thin",
+        cond_map: bool = False,
     ):
         super().__init__()
         if in_channels < 1 or base_channels < 1 or num_res_blocks < 1 or not channel_mults:
@@ -130,6 +135,15 @@ class UNet(nn.Module):
                 skip_chans.append(c)
             self.down.append(blocks)
             self.downsample.append(nn.Conv2d(c, c, 3, 2, 1) if self.resize[i] else nn.Identity())
+        self.cond_map = None
+        if cond_map:
+            if cond_dim is None or sizes is None:
+                raise UserError(
+                    "UNet: cond_map needs cond_dim and image_size (the map's shape); "
+                    "fix: pass both, or cond_map=False"
+                )
+            self._map_shape = (c, *sizes[-1])
+            self.cond_map = zero_module(nn.Linear(cond_dim, math.prod(self._map_shape)))
         self.mid1 = ResBlock(c, c, emb_dim, dropout=dropout)
         self.mid_attn = Attention(c, attn_heads)
         self.mid2 = ResBlock(c, c, emb_dim, dropout=dropout)
@@ -198,6 +212,8 @@ class UNet(nn.Module):
             shapes.append(h.shape[-2:])
             if i < self._levels - 1 and _can_downsample(*h.shape[-2:]):
                 h = self.downsample[i](h)
+        if self.cond_map is not None:  # the code as a coarse spatial map [B, C, h, w]
+            h = h + self.cond_map(cond.to(h.dtype)).view(-1, *self._map_shape)
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
         return h, skips, shapes, emb
 
