@@ -8,9 +8,10 @@ labels, mean of 5 draws) and scored on test[8000:]. Active units: Cov_x(E[z_d]) 
 test codes. Bits/dim: the -ELBO on test[8000:] where the method has a bound (VAE, VDRL). Raw
 pixels (x in [0, 1], 784 features) go through the same probes.
 
-Rows: drl (eps weighting "simple", the seed's lambda = sigma^2), drl variational (eq. 3),
-drl time-dependent (eq. 4, probed at the t with the best validation accuracy and at a fixed t),
-the granularity pair drl high-noise / drl low-noise (registry weightings sigmoid(+-gamma)), vae,
+Rows: drl (eps weighting "high-noise" = sigmoid(gamma), the code also given to the U-Net as a
+spatial map: the best DRL of our diagnosis, see README), drl-simple (the seed's lambda = sigma^2),
+drl-low-noise (sigmoid(-gamma): with drl, the granularity pair), drl variational (eq. 3), drl
+time-dependent (eq. 4, probed at the t with the best validation accuracy and at a fixed t), vae,
 dae (and vae_vdm when registered), all with the same code size and encoder width.
 
 Granularity: linear probe and reconstruction error (the code fixed, x_T ~ N(0, I), DDIM; mean
@@ -45,7 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/vdm_mnist.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROWS = ("drl", "drl-variational", "drl-time", "drl-high-noise", "drl-low-noise", "vae", "dae")
+ROWS = ("drl", "drl-simple", "drl-low-noise", "drl-variational", "drl-time", "vae", "dae")
 OPTIONAL_ROWS = ("vae_vdm",)  # run when the method is registered
 
 
@@ -62,12 +63,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--unet-width", type=int, default=16, help="DRL U-Net base channels")
     ap.add_argument(
         "--cond-map",
-        action="store_true",
-        help="DRL U-Nets also get the code as a spatial map (nets.unet cond_map)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="DRL U-Nets also get the code as a spatial map (nets.unet cond_map; default on)",
     )
     ap.add_argument(
         "--weighting",
-        default="simple",
+        default="high-noise",
         help="lambda(t) of the drl, -variational and -time rows (diffusion.weighting.WEIGHTINGS)",
     )
     ap.add_argument("--fixed-t", type=float, default=0.5, help="E(x0, t)'s fixed probe t")
@@ -102,7 +104,7 @@ def row_spec(name: str, args) -> tuple[str, dict]:
         "drl": ("drl", drl),
         "drl-variational": ("drl", {**drl, "variational": True}),
         "drl-time": ("drl", {**drl, "time_dependent": True, "encode_t": args.fixed_t}),
-        "drl-high-noise": ("drl", {**drl, "weighting": "high-noise"}),
+        "drl-simple": ("drl", {**drl, "weighting": "simple"}),
         "drl-low-noise": ("drl", {**drl, "weighting": "low-noise"}),
         "vae": ("vae", dict(latent_dim=z, width=w)),
         "dae": ("dae", dict(code_dim=z, width=w)),
@@ -420,7 +422,7 @@ def generation_figures(out: Path, data, args) -> list:
     if vdrl is not None:
         s = vdrl.sample(32, generator=torch.Generator().manual_seed(0), sampler="ddim")
         figs.append((image_grid(to_uint8_np(s), 8), "VDRL samples", "z ~ N(0, I), then DDIM"))
-    for row in ("drl", "drl-high-noise", "drl-low-noise", "drl-time"):
+    for row in ("drl", "drl-simple", "drl-low-noise", "drl-time"):
         m = load(row)
         if m is None:
             continue
@@ -514,11 +516,12 @@ def main(argv=None) -> int:
     print(f"\n{header}\n\n{md}\n")
     by_row = {r["row"]: r for r in results}
     lines = []
-    for a, b in (("drl-high-noise", "drl-low-noise"),):
+    for a, b in (("drl", "drl-low-noise"),):  # drl: --weighting, high-noise by default
         if a in by_row and b in by_row:
             for r in (a, b):
                 lines.append(
-                    f"granularity {r}: linear probe {by_row[r]['probe']['linear_acc']:.3f}, "
+                    f"granularity {r} ({row_spec(r, args)[1]['weighting']}): linear probe "
+                    f"{by_row[r]['probe']['linear_acc']:.3f}, "
                     f"recon MSE {by_row[r].get('recon_mse', math.nan):.4f}"
                 )
     if "drl-time" in by_row:
@@ -557,7 +560,7 @@ def main(argv=None) -> int:
             )
         )  # fmt: skip
     gap = {}  # row -> (t, increase of the eps error when codes are shuffled)
-    for r in ("drl", "drl-high-noise", "drl-low-noise", "drl-variational"):
+    for r in ("drl", "drl-simple", "drl-low-noise", "drl-variational"):
         if r in by_row:
             pt = by_row[r]["per_t"]
             gap[r] = (pt["t"], [s - c for s, c in zip(pt["mse_shuffled"], pt["mse_code"])])

@@ -18,7 +18,8 @@ test curves, reconstructions with the code fixed and samples. Each run is a norm
     python benchmarks/vae_vdm_collapse.py                      # full length (~20 min per run)
     python benchmarks/vae_vdm_collapse.py --steps 300          # a short check
     python benchmarks/vae_vdm_collapse.py --runs beta-1 mitigated --reuse
-    python benchmarks/vae_vdm_collapse.py --runs vdm kl-1e4 beta-1 mitigated t-range --reuse
+    python benchmarks/vae_vdm_collapse.py --reuse \
+        --runs vdm kl-1e4 beta-1 mitigated t-range cond-map
 
 The acceptance targets (collapse at KL weight 1e4; >= 8 of 16 active units, probe >= 0.97 and
 bits/dim within 0.02 of vdm for the mitigation) are for the full-length run.
@@ -55,6 +56,10 @@ WARMUP_FRACTION = 0.25
 #: An alternative (`--runs ... t-range`): the same, with the code reaching the decoder only for
 #: t >= 0.3 (the noisier levels, where the digit's identity is not yet in x_t).
 T_RANGE = {**MITIGATION, "cond_t_range": [0.3, 1.0]}
+#: `--runs ... cond-map`: t-range, and the U-Net also gets the code as a spatial map at its
+#: bottleneck (`nets.unet` cond_map): FiLM is the same at every pixel, so through FiLM alone a
+#: code cannot say where the strokes are (what made DRL's codes non-semantic, see README).
+COND_MAP = {**T_RANGE, "unet": {"cond_map": True}}
 
 #: name -> (method, method arguments on top of the config's)
 RUNS = {
@@ -63,6 +68,7 @@ RUNS = {
     "beta-1": ("vae_vdm", {"beta": 1.0}),
     "mitigated": ("vae_vdm", MITIGATION),
     "t-range": ("vae_vdm", T_RANGE),
+    "cond-map": ("vae_vdm", COND_MAP),
 }
 DEFAULT_RUNS = ("vdm", "kl-1e4", "beta-1", "mitigated")
 
@@ -93,7 +99,8 @@ def run_config(name: str, steps: int):
     raw = read_yaml(CONFIG)
     method, extra = RUNS[name]
     args = {k: v for k, v in raw["method"].items() if k != "name"}
-    args.update(extra)
+    args.update({k: v for k, v in extra.items() if k != "unet"})
+    args["unet"] = {**args.get("unet", {}), **extra.get("unet", {})}  # on top of the config's
     if extra.get("free_bits"):  # the mitigations: warm-up over a fraction of the steps
         args["kl_warmup_steps"] = int(WARMUP_FRACTION * steps)
     if method != raw["method"]["name"]:  # the decoder's own arguments only (same names)
@@ -249,19 +256,21 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "full_length": args.steps >= FULL_STEPS,
         "table": rows,
-        "mitigation": MITIGATION,
+        "mitigation": {n: RUNS[n][1] for n in ("mitigated", "t-range", "cond-map")},
         "shuffle_nats_se": {n: evs[n].get("collapse", {}).get("shuffle_nats_se") for n in evs},
         "total_s": time.perf_counter() - t_start,
     }
     vdm_bpd = rows.get("vdm", {}).get("bits/dim")
-    m = rows.get("mitigated")
-    if m and vdm_bpd is not None and m["bits/dim"] is not None:
-        au = int(m["active"].split("/")[0]) if m["active"] else 0
-        summary["beaten"] = {
-            "active_units>=8": au >= 8,
-            "probe>=0.97": (m["linear"] or 0) >= 0.97,
-            "bpd_within_0.02_of_vdm": m["bits/dim"] - vdm_bpd <= 0.02,
-        }
+    summary["beaten"] = {}  # the acceptance targets, per mitigation run
+    for name in ("mitigated", "t-range", "cond-map"):
+        m = rows.get(name)
+        if m and vdm_bpd is not None and m["bits/dim"] is not None:
+            au = int(m["active"].split("/")[0]) if m["active"] else 0
+            summary["beaten"][name] = {
+                "active_units>=8": au >= 8,
+                "probe>=0.97": (m["linear"] or 0) >= 0.97,
+                "bpd_within_0.02_of_vdm": m["bits/dim"] - vdm_bpd <= 0.02,
+            }
     print(json.dumps(to_jsonable(summary)))
     return 0
 
