@@ -218,6 +218,33 @@ def test_ctrl_c_stops_the_whole_demo_and_a_rerun_resumes_to_full_length(tmp_path
     assert (out / "report.html").is_file()
 
 
+def test_demo_names_overwrite_for_a_blocked_run_and_overwrite_retrains(
+    tmp_path, monkeypatch, capsys
+):
+    from diffrep.checkpoint import checkpoint_step
+
+    ns: dict = {"__name__": "tiny_demo"}
+    exec(DEMO, ns)
+    for name, attr in (("PRIORS", "PRIORS"), ("PRIOR_ARGS", "PRIOR_ARGS"),
+                       ("demo_config", "tiny_config")):  # fmt: skip
+        monkeypatch.setattr(f"diffrep.demo.{name}", ns[attr])
+    out = tmp_path / "demo"
+    (out / "gaussian").mkdir(parents=True)
+    (out / "gaussian" / "metrics.jsonl").write_text('{"step": 1}\n')  # a run without weights
+    assert main(["demo", "--out", str(out), "--steps", "6"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--overwrite" in err.splitlines()[-1]
+    assert main(["demo", "--out", str(out), "--steps", "6", "--overwrite"]) == 0
+    first = json.loads((out / "gaussian" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] != 1 and checkpoint_step(out / "gaussian" / "checkpoint") == 6
+    # a finished demo is reused without --overwrite, retrained from scratch with it
+    stamp = (out / "diffusion" / "eval.json").stat().st_mtime_ns
+    assert main(["demo", "--out", str(out), "--steps", "6"]) == 0
+    assert (out / "diffusion" / "eval.json").stat().st_mtime_ns == stamp
+    assert main(["demo", "--out", str(out), "--steps", "6", "--overwrite"]) == 0
+    assert (out / "diffusion" / "eval.json").stat().st_mtime_ns != stamp
+
+
 # ------------------------------------------------------------------ 3. a refused --resume
 
 

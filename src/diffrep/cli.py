@@ -157,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/demo")
     q.add_argument("--steps", type=int, default=1500, help="training steps per model")
     q.add_argument("--device", default=None)
+    q.add_argument(
+        "--overwrite", action="store_true", help="retrain every model, replacing what OUT holds"
+    )
 
     f = sub.add_parser("fidnet", help="the domain feature network behind domain FID/KID")
     fsub = f.add_subparsers(dest="fidnet_command", metavar="ACTION")
@@ -358,7 +361,7 @@ def cmd_demo(args) -> int:
     check_writable(args.out, what="--out")
     if args.device:
         _device(args.device)
-    run_demo(args.out, steps=args.steps, device=args.device)
+    run_demo(args.out, steps=args.steps, device=args.device, overwrite=args.overwrite)
     return 0
 
 

@@ -44,7 +44,17 @@ def demo_config(prior: str, steps: int, device: str | None):
     return config_from_dict(raw)
 
 
-def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | None = None) -> Path:
+def run_demo(
+    out: str | Path = "runs/demo",
+    steps: int = 1500,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train (or resume, or reuse) the three priors' VAEs under OUT, evaluate, compare.
+
+    A finished model is reused and an unfinished one resumed; `overwrite` retrains every model
+    from scratch, replacing what OUT holds (also what blocks a run: files without a checkpoint).
+    """
     from diffrep.checkpoint import checkpoint_step, has_checkpoint
     from diffrep.errors import Interrupted
     from diffrep.report import compare, write_comparison_report, write_report
@@ -57,13 +67,15 @@ def run_demo(out: str | Path = "runs/demo", steps: int = 1500, device: str | Non
         run_dirs.append(run_dir)
         say(f"[{i}/{len(PRIORS)}] VAE with a {prior} prior -> {run_dir}")
         cfg = demo_config(prior, steps, device)
-        resume = has_checkpoint(run_dir / "checkpoint")
+        resume = not overwrite and has_checkpoint(run_dir / "checkpoint")
         trained = False
         done = checkpoint_step(run_dir / "checkpoint") if resume else 0
         if done < steps:
             if resume:
                 say(f"resuming the unfinished run from step {done}")
-            summary = train_from_config(cfg, run_dir, resume=resume, log=say)
+            summary = train_from_config(
+                cfg, run_dir, resume=resume, log=say, overwrite=overwrite
+            )
             if summary.get("interrupted"):
                 raise Interrupted(
                     f"{run_dir} saved at step {summary['step']} of {steps}; run the demo again "
