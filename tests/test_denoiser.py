@@ -76,10 +76,14 @@ def test_pixel_part_passes_the_code_to_the_unet_everywhere():
 
 
 def test_unet_settings_are_validated_as_one_mapping():
-    with pytest.raises(UserError, match="unknown option 'widht'"):
+    with pytest.raises(UserError, match="unknown option 'widht'") as e:
         PixelDiffusion(SHAPE, unet={"widht": 8})
-    with pytest.raises(UserError, match="image_size"):
-        PixelDiffusion(SHAPE, unet={"image_size": 8})
+    offered = set(str(e.value).split("valid options: ")[1].split(", "))
+    assert "base_channels" in offered  # and not the options PixelDiffusion sets itself:
+    assert not offered & {"in_channels", "out_channels", "image_size", "cond_dim"}
+    for key in ("image_size", "cond_dim", "out_channels"):
+        with pytest.raises(UserError, match=f"{key} is set from the data"):
+            PixelDiffusion(SHAPE, unet={key: 8})
     p = PixelDiffusion(SHAPE, unet={"base_channels": 8, "channel_mults": [1, 2]})
     assert p.net.conv_in.out_channels == 8 and p.net._levels == 2
 

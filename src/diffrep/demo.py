@@ -73,9 +73,7 @@ def run_demo(
         if done < steps:
             if resume:
                 say(f"resuming the unfinished run from step {done}")
-            summary = train_from_config(
-                cfg, run_dir, resume=resume, log=say, overwrite=overwrite
-            )
+            summary = train_from_config(cfg, run_dir, resume=resume, log=say, overwrite=overwrite)
             if summary.get("interrupted"):
                 raise Interrupted(
                     f"{run_dir} saved at step {summary['step']} of {steps}; run the demo again "

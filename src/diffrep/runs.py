@@ -270,7 +270,7 @@ def train_from_config(
     from diffrep.frozen import dependencies, expect_dependencies
     from diffrep.methods import build_method
     from diffrep.train import (
-        _check_data,
+        check_data,
         describe_param_groups,
         param_groups,
         resolve_device,
@@ -303,7 +303,7 @@ def train_from_config(
         return fit_closed_form(method, cfg, data, out, log)
     if resume:
         _check_resume(out, cfg, data, method)  # loads the weights train() will load anyway
-    _check_data(method, data, cfg.train, dist_utils.detect()[2])  # train()'s checks, up front
+    check_data(method, data, cfg.train, dist_utils.detect()[2])  # train()'s checks, up front
     if int(os.environ.get("RANK", "0")) == 0:
         if overwrite:
             _clear_run(out)

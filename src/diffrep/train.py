@@ -334,7 +334,7 @@ class _Logger:
             self.tb.close()
 
 
-def _check_data(method: nn.Module, data: Any, cfg: TrainConfig, world: int) -> None:
+def check_data(method: nn.Module, data: Any, cfg: TrainConfig, world: int) -> None:
     images = getattr(data, "images", None)
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8:
         raise UserError("training data must be an ImageData with uint8 images [N, C, H, W]")
@@ -740,7 +740,7 @@ def train(
     out_dir = Path(out_dir)
     rank, local_rank, world = dist_utils.detect()
     device = resolve_device(cfg.device, local_rank)
-    _check_data(method, data, cfg, world)
+    check_data(method, data, cfg, world)
     _check_run_dir(out_dir, resume)
 
     info = dist_utils.setup(device)

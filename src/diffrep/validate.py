@@ -105,13 +105,23 @@ def _hints(obj: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def check_kwargs(ctor: Callable[..., Any], kwargs: dict[str, Any], where: str) -> None:
-    """Validate (and coerce in place) keyword arguments against `ctor`'s signature."""
+def check_kwargs(
+    ctor: Callable[..., Any], kwargs: dict[str, Any], where: str, fixed: tuple[str, ...] = ()
+) -> None:
+    """Validate (and coerce in place) keyword arguments against `ctor`'s signature.
+
+    `fixed`: parameters the caller sets itself (from the data or the method); a user who sets
+    one is told so, and they are not offered among the valid options.
+    """
+    for key in fixed:
+        if key in kwargs:
+            raise UserError(f"{where}: {key} is set from the data and the method; fix: remove it")
     sig = inspect.signature(ctor)
+    skip = ("self", "data_shape", *fixed)
     params = {
         n: p
         for n, p in sig.parameters.items()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in ("self", "data_shape")
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in skip
     }
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     hints = _hints(ctor)

@@ -30,6 +30,7 @@ from diffrep.diffusion.schedules import build_schedule
 from diffrep.errors import UserError
 from diffrep.nets import NETWORKS
 from diffrep.nets import unet as _unet  # noqa: F401  (registers "unet")
+from diffrep.validate import check_kwargs
 
 
 class PixelDiffusion(nn.Module):
@@ -63,9 +64,8 @@ class PixelDiffusion(nn.Module):
         if cond_dim is not None and cond_dim < 1:
             raise UserError(f"cond_dim must be >= 1 (or None), got {cond_dim}")
         unet = dict(unet or {})
-        for key in ("in_channels", "image_size", "cond_dim"):
-            if key in unet:
-                raise UserError(f"unet.{key} is set from the data and the method; fix: remove it")
+        fixed = ("in_channels", "out_channels", "image_size", "cond_dim")
+        check_kwargs(NETWORKS.get("unet"), unet, where="unet", fixed=fixed)
         if cond_t_range is not None:
             if cond_dim is None:
                 raise UserError("cond_t_range needs a conditional part; fix: set cond_dim")
