@@ -36,7 +36,7 @@ def run(quick: bool, device: torch.device) -> dict:
         "defaults) vs a bare AdamW loop over the same model and batches",
         device,
     )
-    steps, batch, reps = (300, 64, 2) if quick else (1000, 64, 3)
+    steps, batch, reps = (300, 64, 3) if quick else (1000, 64, 3)
     data = load_dataset("digits", "train")
     torch.manual_seed(0)
     init = build_method("vdm", data.shape, unet={"base_channels": 16, "channel_mults": (1, 2)})
