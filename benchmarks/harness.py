@@ -50,6 +50,7 @@ def machine_info(device: torch.device) -> dict:
         "torch": torch.__version__,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "pid": os.getpid(),  # bench.py runs each benchmark in its own process
     }
     try:
         info["load_avg_1min"] = round(os.getloadavg()[0], 2)

@@ -61,3 +61,17 @@ def test_fused_optimizer_option_trains_like_the_default(tmp_path):
     # them: every weight within the 5 steps' reach of lr, nearly all within float error
     diff = (out[True] - out[False]).abs()
     assert diff.max() <= 5 * cfg.lr and (diff > 1e-5).float().mean() < 0.01
+
+
+def test_bench_runs_each_benchmark_in_its_own_process_and_renders_one_page(tmp_path, capsys):
+    """bench.py with several benchmarks: one child process each (so one cannot slow the next),
+    then one page over all their records."""
+    import bench
+
+    out = tmp_path / "bench"
+    assert bench.main(["--quick", "--only", "eval_speed", "scaling", "--out", str(out)]) == 0
+    recs = [json.loads((out / f"{n}.json").read_text()) for n in ("eval_speed", "scaling")]
+    pids = {r["machine"]["pid"] for r in recs}
+    assert len(pids) == 2 and bench.os.getpid() not in pids
+    page = (out / "bench.html").read_text()
+    assert "eval_speed" in page and "scaling" in page
