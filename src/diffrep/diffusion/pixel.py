@@ -25,7 +25,7 @@ from torch import nn
 
 from diffrep.diffusion import objectives as O
 from diffrep.diffusion import samplers as S
-from diffrep.diffusion.denoiser import switch
+from diffrep.diffusion.denoiser import Denoiser, switch
 from diffrep.diffusion.schedules import build_schedule
 from diffrep.errors import UserError
 from diffrep.nets import NETWORKS
@@ -138,26 +138,35 @@ class PixelDiffusion(nn.Module):
         steps: int | None = None,
         generator: torch.Generator | None = None,
         progress: Any = None,
+        denoiser: Denoiser | None = None,
         **kw: Any,
     ) -> torch.Tensor:
         """n images in model space, clamped to [-1, 1], from x_T (drawn ~ N(0, I) if None).
 
         sampler: "ancestral" | "ddim" (eta=...) | "ode"; cond [n, cond_dim] for a conditional part.
+        denoiser: sample with this eps_hat(x_t, t, cond) on the part's schedule instead of its
+        own (a method's wrapper of it, e.g. a code that depends on t).
         """
         steps = self._steps(sampler, steps)
         if sampler != "ode":
             kw.setdefault("clip_x0", self.clip_x0)
         dev = next(self.net.parameters()).device
         x = S.sample(
-            self.denoiser, self.schedule, (n, *self.data_shape), sampler=sampler, steps=steps,
+            denoiser or self.denoiser, self.schedule, (n, *self.data_shape), sampler=sampler,
+            steps=steps,
             generator=generator, progress=progress, device=dev, x_T=x_T, cond=cond, **kw,
         )  # fmt: skip
         return x.clamp(-1, 1)
 
     @torch.no_grad()
     def invert(
-        self, x0: torch.Tensor, *, cond: torch.Tensor | None = None, steps: int | None = None
+        self,
+        x0: torch.Tensor,
+        *,
+        cond: torch.Tensor | None = None,
+        steps: int | None = None,
+        denoiser: Denoiser | None = None,
     ) -> torch.Tensor:
         """Deterministic DDIM encoding x0 -> x_T [B, C, H, W] (Song et al. 2021a sec. 4.3)."""
         steps = self._steps("ddim", steps)
-        return S.ddim_invert(self.denoiser, self.schedule, x0, steps, cond=cond)
+        return S.ddim_invert(denoiser or self.denoiser, self.schedule, x0, steps, cond=cond)

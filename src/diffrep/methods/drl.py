@@ -25,7 +25,6 @@ from __future__ import annotations
 import torch
 
 from diffrep.diffusion import objectives as O
-from diffrep.diffusion import samplers as S
 from diffrep.diffusion.denoiser import Denoiser, bind
 from diffrep.diffusion.pixel import PixelDiffusion
 from diffrep.diffusion.weighting import build_weighting
@@ -184,35 +183,19 @@ class DRL(Method):
             return self.encoder(x0, t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device))
         return self.posterior(x0)[0] if self.variational else self.encoder(x0)
 
-    def _sample(self, den: Denoiser, x_T: torch.Tensor, generator=None, **kw) -> torch.Tensor:
-        kw.setdefault("sampler", "ddim")
-        kw["steps"] = kw.get("steps") or self.diffusion.sample_steps
-        if kw["sampler"] != "ode":
-            kw.setdefault("clip_x0", self.diffusion.clip_x0)
-        x = S.sample(
-            den,
-            self.diffusion.schedule,
-            tuple(x_T.shape),
-            x_T=x_T,
-            generator=generator,
-            device=x_T.device,
-            **kw,
-        )
-        return x.clamp(-1, 1)
-
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor, generator=None, x_T=None, **kw) -> torch.Tensor:
         """The code fixed, x_T ~ N(0, I) (or given), DDIM by default: what the code determines."""
         if x_T is None:
             x_T = torch.randn(x0.shape, generator=generator).to(x0.device)
-        return self._sample(self.denoiser_for(x0), x_T, generator, **kw)
+        kw.setdefault("sampler", "ddim")
+        den = self.denoiser_for(x0)
+        return self.diffusion.sample(len(x0), x_T=x_T, generator=generator, denoiser=den, **kw)
 
     @torch.no_grad()
     def invert(self, x0: torch.Tensor, steps: int | None = None) -> torch.Tensor:
         """DDIM encoding x0 -> x_T given x0's code; reconstruct(x0, x_T=...) maps it back."""
-        return S.ddim_invert(
-            self.denoiser_for(x0), self.diffusion.schedule, x0, steps or self.diffusion.sample_steps
-        )
+        return self.diffusion.invert(x0, steps=steps, denoiser=self.denoiser_for(x0))
 
     @torch.no_grad()
     def sample(self, n: int, generator=None, cond: torch.Tensor | None = None, **kw):
