@@ -60,6 +60,9 @@ T_RANGE = {**MITIGATION, "cond_t_range": [0.3, 1.0]}
 #: bottleneck (`nets.unet` cond_map): FiLM is the same at every pixel, so through FiLM alone a
 #: code cannot say where the strokes are (what made DRL's codes non-semantic, see README).
 COND_MAP = {**T_RANGE, "unet": {"cond_map": True}}
+#: `--runs ... cond-map-high`: the same with the code only for t >= 0.6, where x_t has lost the
+#: digit's identity (DRL's codes became semantic when trained where the noise is high).
+COND_MAP_HIGH = {**COND_MAP, "cond_t_range": [0.6, 1.0]}
 
 #: name -> (method, method arguments on top of the config's)
 RUNS = {
@@ -69,6 +72,7 @@ RUNS = {
     "mitigated": ("vae_vdm", MITIGATION),
     "t-range": ("vae_vdm", T_RANGE),
     "cond-map": ("vae_vdm", COND_MAP),
+    "cond-map-high": ("vae_vdm", COND_MAP_HIGH),
 }
 DEFAULT_RUNS = ("vdm", "kl-1e4", "beta-1", "mitigated")
 
@@ -85,7 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-n", type=int, default=0, help="test images evaluated (0: all 2000)")
     ap.add_argument("--shuffle-n", type=int, default=512, help="test images in the shuffle test")
     ap.add_argument("--train-n", type=int, default=0, help="train codes for the probes (0: all)")
-    ap.add_argument("--reuse", action="store_true", help="keep runs of OUT that have eval.json")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep OUT's evaluated runs; evaluate trained ones"
+    )
     ap.add_argument("--overwrite", action="store_true", help="delete OUT's unfinished runs")
     ap.add_argument("--out", default="runs/vae-vdm-collapse")
     return ap.parse_args(argv)
@@ -126,6 +132,7 @@ def eval_config(args):
 
 
 def run_one(name: str, steps: int, train, test, args) -> tuple[Path, dict]:
+    from diffrep.checkpoint import checkpoint_step, has_checkpoint
     from diffrep.eval import plots as P
     from diffrep.eval.batching import to_uint8_np
     from diffrep.eval.suite import evaluate, write_eval
@@ -135,13 +142,18 @@ def run_one(name: str, steps: int, train, test, args) -> tuple[Path, dict]:
     if args.reuse and (run_dir / "eval.json").is_file():
         print(f"{name}: reusing its eval.json", flush=True)
         return run_dir, json.loads((run_dir / "eval.json").read_text())
-    if run_dir.exists():
-        if not args.overwrite:
-            sys.exit(f"{run_dir} exists; pass --reuse (keep evaluated runs), --overwrite or --out")
-        shutil.rmtree(run_dir)
     cfg = run_config(name, steps)
     t0 = time.perf_counter()
-    train_from_config(cfg, run_dir, log=lambda m: print(f"{name}: {m}", flush=True), progress=False)
+    ckpt = run_dir / "checkpoint"
+    if args.reuse and has_checkpoint(ckpt) and checkpoint_step(ckpt) == steps:
+        print(f"{name}: trained, not evaluated: evaluating it", flush=True)  # e.g. a crashed eval
+    else:
+        if run_dir.exists():
+            if not args.overwrite:
+                sys.exit(f"{run_dir} exists; pass --reuse (keep its runs), --overwrite or --out")
+            shutil.rmtree(run_dir)
+        log = lambda m: print(f"{name}: {m}", flush=True)  # noqa: E731
+        train_from_config(cfg, run_dir, log=log, progress=False)
     t_train = time.perf_counter() - t0
     method, _ = load_run(run_dir, ema=cfg.train.ema > 0)
     ev = evaluate(method, train, test, eval_config(args), run_dir=run_dir)
@@ -256,13 +268,15 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "full_length": args.steps >= FULL_STEPS,
         "table": rows,
-        "mitigation": {n: RUNS[n][1] for n in ("mitigated", "t-range", "cond-map")},
+        "mitigation": {
+            n: RUNS[n][1] for n in ("mitigated", "t-range", "cond-map", "cond-map-high")
+        },
         "shuffle_nats_se": {n: evs[n].get("collapse", {}).get("shuffle_nats_se") for n in evs},
         "total_s": time.perf_counter() - t_start,
     }
     vdm_bpd = rows.get("vdm", {}).get("bits/dim")
     summary["beaten"] = {}  # the acceptance targets, per mitigation run
-    for name in ("mitigated", "t-range", "cond-map"):
+    for name in ("mitigated", "t-range", "cond-map", "cond-map-high"):
         m = rows.get(name)
         if m and vdm_bpd is not None and m["bits/dim"] is not None:
             au = int(m["active"].split("/")[0]) if m["active"] else 0

@@ -80,6 +80,15 @@ def test_balanced_draw_is_balanced():
     assert np.all(np.bincount(y[idx], minlength=10) == 10)
 
 
+def test_tsne_of_collapsed_codes_is_finite():
+    # identical codes (a collapsed encoder) used to crash scikit-learn's Barnes-Hut tree
+    assert np.array_equal(probes.tsne_embed(np.full((50, 4), 0.3)), np.zeros((50, 2)))
+    rng = np.random.default_rng(0)
+    tiny = 1e-9 * rng.normal(size=(60, 4)) + np.array([1.0, 0, 0, 0])  # barely varying codes
+    emb = probes.tsne_embed(tiny)
+    assert emb.shape == (60, 2) and np.isfinite(emb).all() and emb.std() > 0
+
+
 def test_tsne_separates_clusters():
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=10, size=(3, 8))

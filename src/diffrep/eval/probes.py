@@ -160,8 +160,21 @@ def factor_probes(
 
 
 def tsne_embed(feats: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D t-SNE of features [N, Z] (openTSNE when installed, else scikit-learn; PCA init)."""
+    """2-D t-SNE of features [N, Z] (openTSNE when installed, else scikit-learn; PCA init).
+
+    Collapsed codes are common here: the features are centred and scaled by their largest
+    standard deviation first (t-SNE's geometry does not change under one scale), and identical
+    points embed at the origin. scikit-learn's PCA init divides by the spread of the first
+    component, and its Barnes-Hut tree then segfaults on the NaNs of a constant input.
+    """
     x = np.asarray(feats, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("tsne_embed: the features hold NaN or inf")
+    x = x - x.mean(0)
+    spread = float(x.std(0).max()) if x.size else 0.0
+    if spread <= 1e-12:  # every point the same: no picture to make
+        return np.zeros((len(x), 2))
+    x = x / spread
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
     try:
         from openTSNE import TSNE as OpenTSNE
