@@ -3,7 +3,7 @@ defaults) against a bare PyTorch loop over the same model, batch size and number
 
 The model is configs/vdm-digits.yaml's VDM (U-Net width 16) on the embedded 8x8 digits, batch 64.
 Both runs start from the same initial weights; whole runs alternate (trainer, bare, trainer, ...)
-and the median of each is compared, so both see the same neighbours. The trainer's time includes
+and the fastest of each is compared, so both see the same neighbours. The trainer's time includes
 everything it does (run directory, metrics.jsonl, checkpoints every 500 steps and at the end).
 
     python benchmarks/bench_trainer_overhead.py --quick
@@ -71,19 +71,22 @@ def run(quick: bool, device: torch.device) -> dict:
             fn()
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
-    for k, v in med.items():
+    # The fastest run of each: noise from neighbours only ever adds time, and whole runs of
+    # 13 s moved by 15% between full bench passes while one-at-a-time reruns agreed to 1%
+    # (timeit's convention; the medians are in the rows too).
+    best = {k: min(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
+    for k, v in best.items():
         rec["rows"].append({"loop": k, "steps": steps, "batch": batch, "seconds": v,
-                            "ms_per_step": 1000 * v / steps,
-                            "cpu_seconds": med_cpu[k]})  # fmt: skip
+                            "ms_per_step": 1000 * v / steps, "median_s": float(np.median(times[k])),
+                            "cpu_seconds": best_cpu[k]})  # fmt: skip
     rec["ratios"]["trainer overhead (trainer / bare - 1)"] = (
-        med["diffrep trainer"] / med["bare loop"] - 1
+        best["diffrep trainer"] / best["bare loop"] - 1
     )
     # CPU time of this process: on a machine shared with other jobs, waiting for a core does not
     # count, so this is the steadier figure (threads spinning at a barrier still count)
     rec["ratios"]["trainer CPU-time overhead"] = (
-        med_cpu["diffrep trainer"] / med_cpu["bare loop"] - 1
+        best_cpu["diffrep trainer"] / best_cpu["bare loop"] - 1
     )
     rec["targets"]["trainer CPU-time overhead"] = "<= 0.05"
     rec["targets"]["trainer overhead (trainer / bare - 1)"] = "<= 0.05"

@@ -39,10 +39,15 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             "and the score is strongly biased upwards; use at least as many samples as dimensions",
             stacklevel=2,
         )
-    t = torch.from_numpy(f)
-    mu = t.mean(0)
-    x = t - mu
-    return mu.numpy(), ((x.T @ x) / (len(f) - 1)).numpy()
+    from threadpoolctl import threadpool_limits
+
+    mu = f.mean(0)
+    x = f - mu
+    # numpy turns x.T @ x into one BLAS syrk (half a general matmul's work: the result is
+    # symmetric); its BLAS threads follow torch's setting, like every other op here
+    with threadpool_limits(torch.get_num_threads(), user_api="blas"):
+        cov = x.T @ x
+    return mu, cov / (len(f) - 1)
 
 
 def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
