@@ -153,8 +153,8 @@ class PixelDiffusion(nn.Module):
         dev = next(self.net.parameters()).device
         x = S.sample(
             denoiser or self.denoiser, self.schedule, (n, *self.data_shape), sampler=sampler,
-            steps=steps,
-            generator=generator, progress=progress, device=dev, x_T=x_T, cond=cond, **kw,
+            steps=steps, generator=generator, progress=progress, device=dev, x_T=x_T, cond=cond,
+            **kw,
         )  # fmt: skip
         return x.clamp(-1, 1)
 
