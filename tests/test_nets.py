@@ -260,3 +260,23 @@ def test_unet_thin_upsampling_convolves_at_the_low_resolution():
     assert flops["thin"] < 0.85 * flops["wide"]
     with pytest.raises(UserError, match="upsample"):
         UNet(1, upsample="bilinear", **kw)
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((3, 5, 7, 7), (14, 14)),
+        ((2, 4, 4, 3), (8, 6)),
+        ((2, 3, 7, 7), (13, 13)),
+        ((1, 2, 3, 5), (3, 10)),
+    ],
+)
+def test_upsample_nearest_is_interpolate_bit_for_bit(shape, size):
+    import torch.nn.functional as F
+
+    from diffrep.nets.layers import upsample_nearest
+
+    h = torch.randn(shape)
+    assert torch.equal(upsample_nearest(h, size), F.interpolate(h, size=size, mode="nearest"))
+    cl = h.to(memory_format=torch.channels_last)
+    assert torch.equal(upsample_nearest(cl, size), F.interpolate(cl, size=size, mode="nearest"))

@@ -15,11 +15,10 @@ encoder starts out independent of t). The network knows nothing of schedules: t 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from diffrep.errors import UserError
-from diffrep.nets.layers import FiLM, TimeEmbedding
+from diffrep.nets.layers import FiLM, TimeEmbedding, upsample_nearest
 
 
 def _num_groups(channels: int) -> int:
@@ -182,5 +181,5 @@ class ConvDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i < len(self.ups):  # nearest upsample to the exact next size, then conv
-                h = self.ups[i](F.interpolate(h, size=self.sizes[i + 1], mode="nearest"))
+                h = self.ups[i](upsample_nearest(h, self.sizes[i + 1]))
         return self.out(h)

@@ -50,6 +50,7 @@ from diffrep.nets.layers import (
     TimeEmbedding,
     group_norm,
     time_and_code_embedding,
+    upsample_nearest,
     zero_module,
 )
 
@@ -283,8 +284,8 @@ class UpPath(nn.Module):
             grow = h.shape[-2:] != shapes[i - 1]
             if self.mode == "wide":  # DDPM/ADM: repeat pixels, then convolve at the new size
                 if grow:
-                    h = self.resample[k](F.interpolate(h, size=shapes[i - 1], mode="nearest"))
+                    h = self.resample[k](upsample_nearest(h, shapes[i - 1]))
             else:  # convolve at the low resolution (always: it sets the next level's width)
                 h = self.resample[k](h)
-                h = F.interpolate(h, size=shapes[i - 1], mode="nearest") if grow else h
+                h = upsample_nearest(h, shapes[i - 1]) if grow else h
         return h
