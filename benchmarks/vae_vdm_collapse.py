@@ -87,6 +87,9 @@ COLUMNS = ("bits/dim", "KL/dim", "active", "shuffle nats", "linear", "kNN", "100
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=FULL_STEPS, help="optimizer steps per run")
+    ap.add_argument(
+        "--seed", type=int, default=0, help="every run's seed (weights, data order, noise)"
+    )
     ap.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=list(RUNS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sample-steps", type=int, default=100, help="steps of every sampler")
@@ -102,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def run_config(name: str, steps: int):
+def run_config(name: str, steps: int, seed: int = 0):
     """configs/vae-vdm-mnist.yaml with this run's method and step budget."""
     from diffrep.config import config_from_dict, read_yaml
     from diffrep.methods import METHODS
@@ -118,7 +121,7 @@ def run_config(name: str, steps: int):
         accepted = inspect.signature(METHODS.get(method)).parameters
         args = {k: v for k, v in args.items() if k in accepted}
     raw["method"] = {"name": method, **args}
-    raw["train"].update(steps=steps, ckpt_every=0, tensorboard=False)
+    raw["train"].update(steps=steps, ckpt_every=0, tensorboard=False, seed=seed)
     return config_from_dict(raw)
 
 
@@ -147,7 +150,7 @@ def run_one(name: str, steps: int, train, test, args) -> tuple[Path, dict]:
     if args.reuse and (run_dir / "eval.json").is_file():
         print(f"{name}: reusing its eval.json", flush=True)
         return run_dir, json.loads((run_dir / "eval.json").read_text())
-    cfg = run_config(name, steps)
+    cfg = run_config(name, steps, args.seed)
     t0 = time.perf_counter()
     ckpt = run_dir / "checkpoint"
     if args.reuse and has_checkpoint(ckpt) and checkpoint_step(ckpt) == steps:
