@@ -282,3 +282,36 @@ def test_guidance_families_through_evaluate(tmp_path, ddpm_run):
     assert all(c["agreement"] == stage["unguided"] for c in stage["cells"])
     assert (tmp_path / "figures" / "posterior_gap.png").is_file()
     assert (tmp_path / "figures" / "critical_stage.png").is_file()
+
+
+def test_gradient_estimator_z_map_places_z_spatially():
+    """z_map: z reaches G through a [C, h, w] map at the bottleneck, so two codes can move
+    different pixels even when x_t carries nothing (FiLM alone shifts every pixel alike)."""
+    unet = UNet(1, base_channels=8, channel_mults=(1, 2), image_size=(8, 8))
+    film = GradientEstimator(unet, z_dim=3)
+    mapped = GradientEstimator(unet, z_dim=3, image_shape=(1, 8, 8))
+    assert mapped.z_map.out_features == 16 * 4 * 4 and film.z_map is None  # 16 ch at 4x4
+    extra = {n for n, _ in mapped.named_parameters()} - {n for n, _ in film.named_parameters()}
+    assert extra == {"z_map.weight", "z_map.bias"}
+    x, t, z = torch.zeros(2, 1, 8, 8), torch.full((2,), 0.9), torch.randn(2, 3)
+    assert torch.equal(mapped(x, t, z, unet), torch.zeros_like(x))  # still starts at G = 0
+    assert not mapped.z_map.weight.any()  # and with the frozen features unperturbed
+    torch.nn.init.normal_(mapped.conv_out.weight, std=0.2)  # as after some training
+    torch.nn.init.normal_(mapped.z_map.weight, std=0.2)
+    out = mapped(x, t, z, unet)
+    # the map alone (FiLM's z path cut): z still changes G, differently at different pixels
+    mapped.z_embed = _ZeroEmbed(mapped.z_embed)
+    d = mapped(x, t, z, unet) - mapped(x, t, torch.zeros_like(z), unet)
+    assert d.abs().max() > 1e-4 and d[0].std() > 0.1 * d[0].abs().mean()
+    assert out.shape == x.shape
+
+
+class _ZeroEmbed(torch.nn.Module):
+    """z's FiLM embedding with z replaced by 0: only the z map still sees z."""
+
+    def __init__(self, embed):
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, z):
+        return self.embed(torch.zeros_like(z))

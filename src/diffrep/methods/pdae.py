@@ -74,6 +74,7 @@ class PDAE(Method):
         snr_power: float = 0.1,
         T: int | None = None,
         backbone: dict | None = None,
+        z_map: bool = True,
         sample_steps: int = 100,
         prior: str | None = None,
         prior_args: dict | None = None,
@@ -86,6 +87,8 @@ class PDAE(Method):
             T: training times t = i / T and the reverse step 1/T of the mean shift (None: the
                 frozen DPM's T for a discrete-time DPM, else 1000).
             backbone: UNet arguments of G_psi's own down path when the DPM has no diffrep U-Net.
+            z_map: z also as a spatial map at G_psi's bottleneck (`nets.gradient_estimator`);
+                False: by FiLM only, as in the slides.
             sample_steps: default DDIM steps (reconstruct, sample, interpolate, manipulate).
             prior, prior_args: a latent prior over z (set by `diffrep fit-prior`; None: none).
         """
@@ -105,7 +108,9 @@ class PDAE(Method):
         if not isinstance(self.frozen.net, UNet):  # e.g. diffusers: G gets its own down path
             c, h, w = self.data_shape
             self.backbone = UNet(c, image_size=(h, w), **(backbone or {}))
-        self.G = GradientEstimator(self._backbone(), z_dim)
+        self.G = GradientEstimator(
+            self._backbone(), z_dim, image_shape=self.data_shape if z_map else None
+        )
         self.prior = build_prior(prior, z_dim, **(prior_args or {})) if prior else None
 
     def _backbone(self) -> UNet:
