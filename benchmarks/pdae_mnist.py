@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="PDAE on MNIST under CPU budgets")
     ap.add_argument("--ddpm-run", default=None, help="reuse this trained ddpm run directory")
     ap.add_argument("--ddpm-steps", type=int, default=8000, help="DDPM training steps")
-    ap.add_argument("--steps", type=int, default=6000, help="PDAE training steps")
+    ap.add_argument("--steps", type=int, default=12000, help="PDAE training steps")
     ap.add_argument(
         "--minutes", type=float, default=None,
         help="a wall-clock budget instead of steps: DDPM 50%%, PDAE 30%% (60%% with --ddpm-run)",
