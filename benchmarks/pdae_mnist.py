@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def main() -> None:
     ap.add_argument("--prior-steps", type=int, default=1500, help="latent DPM fitting steps")
     ap.add_argument("--out", default="/tmp/pdae_mnist")
     args = ap.parse_args()
+    if not args.minutes and min(args.steps, args.ddpm_steps) < 1:
+        ap.error("--steps and --ddpm-steps must be >= 1 (or give --minutes)")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     out = Path(args.out) / time.strftime("run-%Y%m%d-%H%M%S")
@@ -255,4 +258,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from diffrep.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a user's mistake (a missing run, a bad budget): one line, exit 2
+        print(f"pdae_mnist: error: {e}", file=sys.stderr)
+        sys.exit(2)
