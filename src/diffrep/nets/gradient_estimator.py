@@ -25,13 +25,11 @@ Networks know no schedule: t is the float the backbone was trained with.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffrep.nets.layers import CondEmbedding, group_norm, zero_module
+from diffrep.nets.layers import CodeMap, CondEmbedding, group_norm
 from diffrep.nets.unet import UNet, UpPath
 
 
@@ -79,10 +77,9 @@ class GradientEstimator(nn.Module):
             with torch.no_grad():  # the bottleneck's shape, from the backbone itself
                 x = torch.zeros(1, *image_shape, device=dev)
                 h = backbone.down_path(x, torch.zeros(1, device=dev))[0]
-            self._map_shape = tuple(h.shape[1:])  # (C, h, w)
             # zero-initialised: the frozen features h reach the up path unperturbed at the start
             # (a random map adds noise to them; on MNIST it then did worse than FiLM alone)
-            self.z_map = zero_module(nn.Linear(z_dim, math.prod(self._map_shape)))
+            self.z_map = CodeMap(z_dim, tuple(h.shape[1:]))  # (C, h, w)
         self.norm_out = group_norm(chans[0])
         self.conv_out = nn.Conv2d(chans[0], backbone.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -94,7 +91,7 @@ class GradientEstimator(nn.Module):
         # x_t [B, C, H, W], t [B], z [B, z_dim] -> G [B, C, H, W]
         h, skips, shapes, emb = backbone.down_path(x_t, t)
         if self.z_map is not None:  # z as a coarse spatial map [B, C, h, w]
-            h = h + self.z_map(z.to(h.dtype)).view(-1, *self._map_shape)
+            h = h + self.z_map(z.to(h.dtype))
         emb = torch.cat([emb.expand(x_t.shape[0], -1), self.z_embed(z.to(x_t.dtype))], dim=1)
         h = self.up_path(h, skips, shapes, emb)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -183,3 +183,20 @@ def upsample_nearest(h: torch.Tensor, size) -> torch.Tensor:
     if tuple(size) == (2 * hh, 2 * ww):
         return h[:, :, :, None, :, None].expand(b, c, hh, 2, ww, 2).reshape(b, c, 2 * hh, 2 * ww)
     return F.interpolate(h, size=tuple(size), mode="nearest")
+
+
+class CodeMap(nn.Linear):
+    """A code [B, K] as a feature map [B, *shape] (shape = (C, h, w)): Linear(code), reshaped.
+
+    Added to a network's lowest-resolution features, it lets a code place coarse shapes where
+    FiLM (the same at every pixel) cannot. Zero-initialised, so the features start unchanged.
+    A subclass of nn.Linear: its parameters are `weight` and `bias`, as a plain Linear's.
+    """
+
+    def __init__(self, code_dim: int, shape: tuple[int, ...]):
+        super().__init__(code_dim, math.prod(shape))
+        self.shape = tuple(shape)
+        zero_module(self)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return super().forward(code).view(-1, *self.shape)

@@ -45,13 +45,13 @@ from diffrep.errors import UserError
 from diffrep.nets import NETWORKS
 from diffrep.nets.layers import (
     Attention,
+    CodeMap,
     CondEmbedding,
     ResBlock,
     TimeEmbedding,
     group_norm,
     time_and_code_embedding,
     upsample_nearest,
-    zero_module,
 )
 
 
@@ -144,7 +144,7 @@ class UNet(nn.Module):
                     "fix: pass both, or cond_map=False"
                 )
             self._map_shape = (c, *sizes[-1])
-            self.cond_map = zero_module(nn.Linear(cond_dim, math.prod(self._map_shape)))
+            self.cond_map = CodeMap(cond_dim, self._map_shape)
         self.mid1 = ResBlock(c, c, emb_dim, dropout=dropout)
         self.mid_attn = Attention(c, attn_heads)
         self.mid2 = ResBlock(c, c, emb_dim, dropout=dropout)
@@ -214,7 +214,7 @@ class UNet(nn.Module):
             if i < self._levels - 1 and _can_downsample(*h.shape[-2:]):
                 h = self.downsample[i](h)
         if self.cond_map is not None:  # the code as a coarse spatial map [B, C, h, w]
-            h = h + self.cond_map(cond.to(h.dtype)).view(-1, *self._map_shape)
+            h = h + self.cond_map(cond.to(h.dtype))
         h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
         return h, skips, shapes, emb
 
