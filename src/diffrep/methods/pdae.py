@@ -42,7 +42,7 @@ import torch
 from diffrep.diffusion import samplers as S
 from diffrep.diffusion.denoiser import guided, unconditional
 from diffrep.diffusion.objectives import denoising_loss
-from diffrep.diffusion.process import alpha_sigma
+from diffrep.diffusion.process import _bc, alpha_sigma
 from diffrep.diffusion.weighting import build_weighting
 from diffrep.errors import UserError
 from diffrep.frozen import load_frozen
@@ -113,6 +113,14 @@ class PDAE(Method):
         )
         self.prior = build_prior(prior, z_dim, **(prior_args or {})) if prior else None
 
+    @staticmethod
+    def load_hint(missing: list[str], unexpected: list[str]) -> str | None:
+        """The fix for a checkpoint trained with the other `z_map` (the default became True)."""
+        for keys, value in ((missing, "false"), (unexpected, "true")):
+            if any(k.startswith("G.z_map.") for k in keys):
+                return f"set `z_map: {value}` under `method:` in the run's config.yaml"
+        return None
+
     def _backbone(self) -> UNet:
         return self.backbone if hasattr(self, "backbone") else self.frozen.net
 
@@ -131,8 +139,14 @@ class PDAE(Method):
         """eps_theta(x_t, t) - k_t G_psi(x_t, cond, t); the frozen DPM alone when cond is None."""
         if cond is None:
             return self.frozen.denoiser(x_t, t)
-        eps_theta = unconditional(self.frozen.denoiser)
-        return guided(eps_theta, self.gradient, self.shift_scale)(x_t, t, cond)
+        if hasattr(self, "backbone"):  # G has its own down path (a diffusers DPM)
+            eps_theta = unconditional(self.frozen.denoiser)
+            return guided(eps_theta, self.gradient, self.shift_scale)(x_t, t, cond)
+        # A diffrep run's eps_theta is its U-Net, whose down path G reuses: run it once.
+        net = self.frozen.net
+        down = net.down_path(x_t, t)
+        g = self.G(x_t, t, cond, net, down=down)
+        return net.head(*down) - _bc(self.shift_scale(t), x_t) * g
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]

@@ -86,10 +86,13 @@ class GradientEstimator(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, backbone: UNet
+        self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, backbone: UNet, down=None
     ) -> torch.Tensor:
         # x_t [B, C, H, W], t [B], z [B, z_dim] -> G [B, C, H, W]
-        h, skips, shapes, emb = backbone.down_path(x_t, t)
+        # down: backbone.down_path(x_t, t) when the caller has it already (the frozen DPM's own
+        # eps_theta runs the same down path: computing it once saves a third of a step)
+        h, skips, shapes, emb = backbone.down_path(x_t, t) if down is None else down
+        skips = list(skips)  # the up path pops them
         if self.z_map is not None:  # z as a coarse spatial map [B, C, h, w]
             h = h + self.z_map(z.to(h.dtype))
         emb = torch.cat([emb.expand(x_t.shape[0], -1), self.z_embed(z.to(x_t.dtype))], dim=1)

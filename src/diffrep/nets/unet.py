@@ -222,8 +222,11 @@ class UNet(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         # x [B, C, H, W], t [B] (or scalar), cond [B, cond_dim] -> [B, out_channels, H, W]
-        h, skips, shapes, emb = self.down_path(x, t, cond)
-        h = self.up_path(h, skips, shapes, emb, attn=self._up_attn)
+        return self.head(*self.down_path(x, t, cond))
+
+    def head(self, h, skips: list, shapes: list, emb: torch.Tensor) -> torch.Tensor:
+        """The decoder half on `down_path`'s outputs (`skips` is left intact for another head)."""
+        h = self.up_path(h, list(skips), shapes, emb, attn=self._up_attn)
         return self.conv_out(F.silu(self.norm_out(h)))
 
     def _up_attn(self, i: int, j: int, h: torch.Tensor) -> torch.Tensor:
