@@ -109,6 +109,10 @@ def main() -> None:
     args = ap.parse_args()
     if not args.minutes and min(args.steps, args.ddpm_steps) < 1:
         ap.error("--steps and --ddpm-steps must be >= 1 (or give --minutes)")
+    if args.ddpm_run:  # a missing or unusable run fails here, before anything is written
+        from diffrep.frozen import load_frozen
+
+        load_frozen(f"run:{Path(args.ddpm_run).resolve()}")
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     out = Path(args.out) / time.strftime("run-%Y%m%d-%H%M%S")

@@ -206,7 +206,11 @@ def test_pdae_trains_on_a_frozen_ddpm_run(tmp_path, ddpm_run):
     t = torch.full((3,), 0.5)
     x_t = torch.randn_like(x0)
     with torch.no_grad():
-        assert not torch.equal(model.denoiser(x_t, t), model.denoiser(x_t, t, model.encode(x0)))
+        z = model.encode(x0)
+        assert not torch.equal(model.denoiser(x_t, t), model.denoiser(x_t, t, z))
+        # one down path for eps_theta and G is the slides' eps_theta - k_t G, computed apart
+        apart = guided(model.frozen.denoiser, model.gradient, model.shift_scale)(x_t, t, z)
+        torch.testing.assert_close(model.denoiser(x_t, t, z), apart, rtol=0, atol=1e-6)
         assert model.reconstruct(x0).shape == x0.shape
         assert model.reconstruct(x0, use_z=False).shape == x0.shape
         s = model.sample(2, torch.Generator().manual_seed(0), z=model.encode(x0[:2]))
@@ -315,3 +319,34 @@ class _ZeroEmbed(torch.nn.Module):
 
     def forward(self, z):
         return self.embed(torch.zeros_like(z))
+
+
+def test_a_run_from_before_the_z_map_says_which_option_loads_it(tmp_path, ddpm_run):
+    """A checkpoint without G.z_map (trained with z_map: false, or before it existed) loaded
+    with the default gets the one-line fix that names the option."""
+    import yaml
+
+    from diffrep.runs import load_run
+
+    args = {"name": "pdae", "base": f"run:{ddpm_run}", "z_dim": 4, "encoder_width": 8}
+    run, _ = _train(tmp_path, "pdae", {**args, "z_map": False}, steps=1)
+    assert load_run(run)[0].G.z_map is None
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["method"]["z_map"]  # as a config written before the option existed
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="set `z_map: false` under `method:`"):
+        load_run(run)
+
+
+def test_pdae_benchmark_refuses_a_missing_ddpm_run_before_writing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pdae_mnist.py"
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(script), "--ddpm-run", str(tmp_path / "nope"), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "does not exist; fix:" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()  # nothing written for a run that cannot start

@@ -291,10 +291,13 @@ def _check_and_load_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], p
             parts.append(
                 "wrong shapes " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else "")
             )
+        # a method may know which option the keys point to (an option whose default changed)
+        hint = getattr(module, "load_hint", lambda missing, unexpected: None)(missing, unexpected)
+        fix = hint or f"use the run's own config.yaml, or {_FIX}"
         raise UserError(
             f"checkpoint file {str(path)!r} does not fit this {type(module).__name__} "
             f"({', '.join(parts)}): it was trained with a different method or method options; "
-            f"fix: use the run's own config.yaml, or {_FIX}"
+            f"fix: {fix}"
         )
     module.load_state_dict(sd, strict=not frozen)  # the checks above stand in for strict
 
