@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from diffrep.diffusion.denoiser import Denoiser, call
-from diffrep.diffusion.process import _bc, alpha_sigma, posterior_coefficients, x0_from_eps
+from diffrep.diffusion.process import _bc, alpha_sigma, posterior_coefficients
 from diffrep.diffusion.schedules import Schedule
 from diffrep.errors import UserError
 from diffrep.registry import Registry
@@ -72,14 +72,24 @@ def _eps(eps_model: EpsModel, z: torch.Tensor, t: torch.Tensor, cond=None) -> to
     return call(eps_model, z, t.to(z.dtype).expand(z.shape[0]), cond)
 
 
-def _x0_eps(eps_model, z, t, g, clip_x0: bool, cond=None):
-    """(x0_hat, eps_hat) at (z, t); clip_x0 clamps x0_hat to [-1, 1] and makes eps consistent."""
+def _coefficients(g: torch.Tensor) -> dict[str, list[float]]:
+    """Per-grid-point alpha, sigma and, per step k -> k + 1, q(z_s | z_t, x0)'s (c_z, c_x, var):
+    computed once in float64 and handed to the loop as Python floats, so a step costs a few
+    tensor ops on z (and no host-device sync on a GPU), not a dozen on 0-d coefficients."""
+    a, s = alpha_sigma(g)
+    c_z, c_x, var = posterior_coefficients(g[1:], g[:-1])
+    names = ("a", "s", "c_z", "c_x", "var")
+    return {n: v.tolist() for n, v in zip(names, (a, s, c_z, c_x, var))}
+
+
+def _x0_eps(eps_model, z, t, a: float, s: float, clip_x0: bool, cond=None):
+    """(x0_hat, eps_hat) at (z, t) with z = a x0 + s eps; clip_x0 clamps x0_hat to [-1, 1] and
+    makes eps consistent."""
     eps_hat = _eps(eps_model, z, t, cond)
-    x0_hat = x0_from_eps(z, g, eps_hat)
+    x0_hat = (z - s * eps_hat) / a
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)
-        a, s = alpha_sigma(g)
-        eps_hat = (z - _bc(a, z) * x0_hat) / _bc(s, z)
+        eps_hat = (z - a * x0_hat) / s
     return x0_hat, eps_hat
 
 
@@ -101,13 +111,13 @@ def ancestral(
 ) -> torch.Tensor:
     """Ancestral sampling z_s ~ q(z_s | z_t, x0_hat(z_t)) from t = 1 to 0 (DDPM and VDM)."""
     t, g = _grid(schedule, steps, x_T.device)
+    c = _coefficients(g)
     z = x_T
     for k in _steps(steps, progress, "ancestral"):
-        x0_hat, _ = _x0_eps(eps_model, z, t[k], g[k], clip_x0, cond)
-        c_z, c_x, var = posterior_coefficients(g[k + 1], g[k])
-        z = _bc(c_z, z) * z + _bc(c_x, z) * x0_hat
-        if var > 0:
-            z = z + _bc(var.sqrt(), z) * _randn(z, generator)
+        x0_hat, _ = _x0_eps(eps_model, z, t[k], c["a"][k], c["s"][k], clip_x0, cond)
+        z = c["c_z"][k] * z + c["c_x"][k] * x0_hat
+        if c["var"][k] > 0:
+            z = z + c["var"][k] ** 0.5 * _randn(z, generator)
     return _to_data(z, g[-1])
 
 
@@ -128,14 +138,14 @@ def ddim(
     if eta < 0:
         raise UserError(f"ddim: eta must be >= 0, got {eta}; fix: 0 (deterministic) to 1")
     t, g = _grid(schedule, steps, x_T.device)
+    c = _coefficients(g)
     z = x_T
     for k in _steps(steps, progress, "ddim"):
-        x0_hat, eps_hat = _x0_eps(eps_model, z, t[k], g[k], clip_x0, cond)
-        a_s, s_s = alpha_sigma(g[k + 1])
-        var_eta = eta**2 * posterior_coefficients(g[k + 1], g[k])[2]
-        z = _bc(a_s, z) * x0_hat + _bc((s_s**2 - var_eta).clamp(min=0).sqrt(), z) * eps_hat
+        x0_hat, eps_hat = _x0_eps(eps_model, z, t[k], c["a"][k], c["s"][k], clip_x0, cond)
+        var_eta = eta**2 * c["var"][k]
+        z = c["a"][k + 1] * x0_hat + max(c["s"][k + 1] ** 2 - var_eta, 0.0) ** 0.5 * eps_hat
         if var_eta > 0:
-            z = z + _bc(var_eta.sqrt(), z) * _randn(z, generator)
+            z = z + var_eta**0.5 * _randn(z, generator)
     return _to_data(z, g[-1])
 
 

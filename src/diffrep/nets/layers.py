@@ -74,7 +74,9 @@ def time_and_code_embedding(net: nn.Module, t: torch.Tensor, cond, x: torch.Tens
     B = x.shape[0]
     # One time for the whole batch (every sampler step, each term of a prior's T-step bound):
     # embed it once and expand; FiLM sees the stride-0 batch and projects one row too.
-    shared = t.numel() == 1 or (t.device.type == "cpu" and B > 1 and bool((t == t[0]).all()))
+    # (a sampler's t is one value expanded, stride 0: known shared without comparing values)
+    shared = t.numel() == 1 or t.stride(0) == 0
+    shared = shared or (t.device.type == "cpu" and B > 1 and bool((t == t[0]).all()))
     emb = net.time_embed(t[:1]).expand(B, -1) if shared else net.time_embed(t)
     if net.cond_dim is None:
         return emb
