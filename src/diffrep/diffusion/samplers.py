@@ -155,14 +155,13 @@ def _sigma_bar(g: torch.Tensor) -> torch.Tensor:
 
 def _ode(eps_model, t, g, xbar, heun: bool, progress, desc, cond=None) -> torch.Tensor:
     """Integrate dx_bar / dsigma_bar = eps_hat(alpha x_bar, t) along the grid (t, g)."""
-    sb = _sigma_bar(g)
-    a = alpha_sigma(g)[0]
+    sb, a = _sigma_bar(g).tolist(), alpha_sigma(g)[0].tolist()  # floats: see _coefficients
     for k in _steps(len(t) - 1, progress, desc):
-        h = (sb[k + 1] - sb[k]).to(xbar.dtype)
-        d = _eps(eps_model, _bc(a[k], xbar) * xbar, t[k], cond)
+        h = sb[k + 1] - sb[k]
+        d = _eps(eps_model, a[k] * xbar, t[k], cond)
         x_next = xbar + h * d
         if heun and sb[k + 1] > 0:  # the denoiser is not used at sigma = 0 (Karras alg. 1)
-            d2 = _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1], cond)
+            d2 = _eps(eps_model, a[k + 1] * x_next, t[k + 1], cond)
             x_next = xbar + h * 0.5 * (d + d2)
         xbar = x_next
     return xbar
@@ -228,15 +227,15 @@ def ddim_invert(
     """
     t, g = _grid(schedule, steps, x0.device)
     t, g = t.flip(0), g.flip(0)
-    sb, a = _sigma_bar(g), alpha_sigma(g)[0]
+    sb, a = _sigma_bar(g).tolist(), alpha_sigma(g)[0].tolist()  # floats: see _coefficients
     xbar = x0
     for k in _steps(steps, progress, "ddim-invert"):
-        h = (sb[k + 1] - sb[k]).to(x0.dtype)
-        x_next = xbar + h * _eps(eps_model, _bc(a[k], xbar) * xbar, t[k], cond)
+        h = sb[k + 1] - sb[k]
+        x_next = xbar + h * _eps(eps_model, a[k] * xbar, t[k], cond)
         for _ in range(fixed_point_iters):
-            x_next = xbar + h * _eps(eps_model, _bc(a[k + 1], x_next) * x_next, t[k + 1], cond)
+            x_next = xbar + h * _eps(eps_model, a[k + 1] * x_next, t[k + 1], cond)
         xbar = x_next
-    return xbar * _bc(a[-1], xbar)
+    return xbar * a[-1]
 
 
 SAMPLERS: Registry[torch.Tensor] = Registry("sampler")
