@@ -18,9 +18,9 @@ sample grids side by side (OUT/report.html, `diffrep.report.write_table1_report`
 U-Net) at the same number of steps, and ends with one JSON line.
 
 CPU sizing (defaults: the 9 runs in ~30-45 minutes on an idle 2-core machine):
-- budget: --minutes per run of training, turned once into a step count by timing the Gaussian VAE
-  (every run then gets the same steps: same budget, independent of machine load during the run);
-  --steps N fixes the count instead (reproducible across machines).
+- budget: --steps per run (500 by default, batch 64), the same for every prior and latent size:
+  a step budget compares fairly on a shared machine, where a time budget measures the neighbours.
+  --minutes M instead times the Gaussian VAE once and turns M minutes into a step count.
 - backbone width 16 (configs/priors-mnist.yaml): width 32 costs ~3x more per step on a CPU.
 - the diffusion prior uses T = 200 steps (--T), not the paper's 1000: its bound is an exact sum
   of T - 1 KL terms per latent and the IW-NLL needs it for k latents per image, T = 1000 costs 5x
@@ -28,7 +28,7 @@ CPU sizing (defaults: the 9 runs in ~30-45 minutes on an idle 2-core machine):
   chain still ends at N(0, I); the bound stays a valid bound at any T.
 
     python benchmarks/priors_table1.py                               # the full table
-    python benchmarks/priors_table1.py --minutes 1 --latents 8 16    # a quick end-to-end check
+    python benchmarks/priors_table1.py --steps 100 --latents 8 16    # a quick end-to-end check
     python benchmarks/priors_table1.py --speed-only                  # only the sampling timing
 """
 
@@ -52,8 +52,10 @@ PRIORS = ("gaussian", "flow", "diffusion")
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=3.0, help="training budget per run")
-    ap.add_argument("--steps", type=int, help="fixed steps per run (overrides --minutes)")
+    ap.add_argument("--steps", type=int, default=500, help="training steps per run (batch 64)")
+    ap.add_argument(
+        "--minutes", type=float, help="a time budget per run instead, turned into steps once"
+    )
     ap.add_argument("--latents", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
     ap.add_argument("--T", type=int, default=200, help="diffusion prior steps (paper: 1000)")
@@ -288,6 +290,9 @@ def findings(cells, priors, latents) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.steps < 1 or (args.minutes is not None and args.minutes <= 0):
+        print("priors_table1: --steps must be >= 1 and --minutes > 0; fix: e.g. --steps 500")
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     from diffrep.report import table1, table1_cells, write_table1_report
@@ -311,7 +316,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     # The suite's FID network for test[:8000] (cached; the same file `diffrep eval` would use).
     fidnet_path = ensure_fidnet(data[0], epochs=3, seed=0)
-    if args.steps:
+    if args.minutes is None:
         steps, per_step = args.steps, None
     else:
         x_train = to_model_input(torch.from_numpy(data[0].images[:512]))
@@ -344,7 +349,7 @@ def main(argv=None) -> int:
     print(f"wrote {report}")
     result.update(
         steps_per_run=steps,
-        minutes_per_run=None if args.steps else args.minutes,
+        minutes_per_run=args.minutes,
         ms_per_step=None if per_step is None else per_step * 1000,
         n_samples=args.n_samples,
         nll_examples=args.nll_examples,

@@ -116,6 +116,10 @@ def test_benchmark_config_is_the_paper_protocol():
     assert cfg.train.lr == 5e-4 and cfg.train.lr_schedule == "constant" and cfg.train.ema == 0
     assert cfg.train.steps == 400 and cfg.train.eval_every == 100
     assert bench.run_config("flow", 8, 400, args).method_args["prior_args"] == {}
+    # the budget is steps (the same on a busy or an idle machine); minutes only when asked
+    default = bench.parse_args([])
+    assert default.steps == 500 and default.minutes is None
+    assert bench.main(["--steps", "0"]) == 2 and bench.main(["--minutes", "-1"]) == 2
 
 
 def test_benchmark_keeps_the_best_validation_weights(tmp_path):

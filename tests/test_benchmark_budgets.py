@@ -1,0 +1,36 @@
+"""Quality benchmarks budget training steps by default (a shared machine makes a time budget
+measure the neighbours); minutes only when asked, and a bad budget is one line and exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name, steps", [("priors_table1", 500), ("representations", 7500)])
+def test_step_budget_by_default_and_bad_budgets_refused(name, steps):
+    bench = _module(name)
+    args = bench.parse_args([])
+    assert args.steps == steps and args.minutes is None
+    assert bench.parse_args(["--minutes", "2"]).minutes == 2.0
+    assert bench.main(["--steps", "0"]) == 2 and bench.main(["--minutes", "0"]) == 2
+
+
+def test_vdm_benchmark_refuses_a_bad_budget():
+    cmd = [sys.executable, str(BENCH / "vdm_mnist.py"), "--steps", "-1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--steps must be >= 1" in r.stdout
+    assert "Traceback" not in r.stderr
