@@ -6,7 +6,7 @@ with a plot per benchmark. The GPU is used when torch sees one, the CPU otherwis
 runs in its own process, so one cannot slow the next (allocator and thread-pool state).
 
     python benchmarks/bench.py --quick            # a few minutes on 2 CPU cores
-    python benchmarks/bench.py                    # the full run (about 45 minutes on 2 CPU cores)
+    python benchmarks/bench.py                    # the full run (about 20 minutes on 2 CPU cores)
     python benchmarks/bench.py --only sampling eval_speed
 
 Passive OpenMP waiting is set before torch loads (a shared machine's busy cores otherwise make
