@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -213,4 +214,10 @@ def _plot(samples: torch.Tensor, log, bpd: float, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from diffrep.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a user's mistake (an unknown --set key, a bad value): one line
+        print(f"vdm_mnist: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -34,3 +34,12 @@ def test_vdm_benchmark_refuses_a_bad_budget():
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--steps must be >= 1" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_vdm_benchmark_names_an_unknown_option_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCH / "vdm_mnist.py"), "--steps", "2", "--out", str(out),
+           "--set", "method.bogus=1"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown option 'bogus'" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
