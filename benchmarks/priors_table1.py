@@ -180,7 +180,12 @@ def run_one(prior, latent, steps, data, fidnet_path, args):
         return run_dir, json.loads((run_dir / "eval.json").read_text()), None
     if run_dir.exists():
         if not args.overwrite:
-            sys.exit(f"{run_dir} exists; pass --reuse (keep evaluated runs), --overwrite or --out")
+            # a user's mistake: one line, exit 2
+            print(
+                f"{run_dir} exists; pass --reuse (keep evaluated runs), --overwrite or --out",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         shutil.rmtree(run_dir)
     train_data, x_val, test_data = data
     t0 = time.perf_counter()

@@ -131,7 +131,12 @@ def selected_rows(args) -> list[str]:
     if args.rows:
         unknown = set(args.rows) - set(ROWS) - set(OPTIONAL_ROWS)
         if unknown:
-            sys.exit(f"unknown rows {sorted(unknown)}; choose from {ROWS + OPTIONAL_ROWS}")
+            # a user's mistake: one line, exit 2
+            print(
+                f"unknown rows {sorted(unknown)}; choose from {ROWS + OPTIONAL_ROWS}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         rows = [r for r in rows if r in args.rows]
     return rows
 
@@ -270,7 +275,9 @@ def train_row(name: str, steps: int, args) -> Path:
     if has_checkpoint(run_dir / "checkpoint"):
         if args.reuse:
             return run_dir
-        sys.exit(f"{run_dir} holds a trained run; pass --reuse or another --out")
+        # a user's mistake: one line, exit 2
+        print(f"{run_dir} holds a trained run; pass --reuse or another --out", file=sys.stderr)
+        sys.exit(2)
     t0 = time.perf_counter()
     summary = train_from_config(run_config(name, steps, args), run_dir, log=print, progress=False)
     print(

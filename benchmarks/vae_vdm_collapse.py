@@ -158,7 +158,12 @@ def run_one(name: str, steps: int, train, test, args) -> tuple[Path, dict]:
     else:
         if run_dir.exists():
             if not args.overwrite:
-                sys.exit(f"{run_dir} exists; pass --reuse (keep its runs), --overwrite or --out")
+                # a user's mistake: one line, exit 2
+                print(
+                    f"{run_dir} exists; pass --reuse (keep its runs), --overwrite or --out",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
             shutil.rmtree(run_dir)
         log = lambda m: print(f"{name}: {m}", flush=True)  # noqa: E731
         train_from_config(cfg, run_dir, log=log, progress=False)

@@ -43,3 +43,12 @@ def test_vdm_benchmark_names_an_unknown_option_in_one_line(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown option 'bogus'" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_representations_names_unknown_rows_in_one_line(capsys, tmp_path):
+    bench = _module("representations")
+    if bench.load_data() is None:
+        pytest.skip("MNIST is not in ../shared/data/mnist")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--rows", "nope", "--steps", "1", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "unknown rows ['nope']" in capsys.readouterr().err
