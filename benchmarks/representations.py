@@ -48,8 +48,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/vdm_mnist.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-ROWS = ("drl", "drl-simple", "drl-low-noise", "drl-variational", "drl-time", "vae", "dae")
+ROWS = (
+    "drl", "drl-no-view", "drl-simple", "drl-low-noise", "drl-variational", "drl-time", "vae", "dae"
+)  # fmt: skip
 OPTIONAL_ROWS = ("vae_vdm",)  # run when the method is registered
+
+
+DEFAULT_VIEW = "shift=2,rotate=15,scale=0.15"
+
+
+def parse_view(text: str) -> dict:
+    """'shift=2,rotate=15' -> {"shift": 2, "rotate": 15.0}; 'none' -> {}."""
+    if text.strip().lower() in ("none", ""):
+        return {}
+    try:
+        view = {k.strip(): float(v) for k, v in (kv.split("=") for kv in text.split(","))}
+        view = {k: int(v) if k == "shift" else v for k, v in view.items()}
+        from diffrep.data.views import build_view
+
+        build_view(view)
+    except Exception as e:  # noqa: BLE001  (argparse prints one line and exits 2)
+        raise argparse.ArgumentTypeError(f"{text!r}: {e}; e.g. shift=2,rotate=15 or none") from None
+    return view
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,6 +96,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="high-noise",
         help="lambda(t) of the drl, -variational and -time rows (diffusion.weighting.WEIGHTINGS)",
     )
+    ap.add_argument(
+        "--view",
+        type=parse_view,
+        default=DEFAULT_VIEW,
+        help="the encoder's random view in training for the drl rows and vae_vdm "
+        "(data.views.RandomView), e.g. shift=2,rotate=15,scale=0.15, or none; the drl-no-view "
+        f"row never has one (default {DEFAULT_VIEW})",
+    )
     ap.add_argument("--fixed-t", type=float, default=0.5, help="E(x0, t)'s fixed probe t")
     ap.add_argument("--t-grid", type=int, default=9, help="t values of the per-t curves")
     ap.add_argument("--recon-n", type=int, default=200, help="test images reconstructed")
@@ -101,11 +129,13 @@ def row_spec(name: str, args) -> tuple[str, dict]:
     unet = {"base_channels": args.unet_width, "channel_mults": [1, 2, 2], "cond_mode": "film"}
     if args.cond_map:
         unet["cond_map"] = True
-    drl = dict(
+    plain = dict(
         code_dim=z, width=w, unet=unet, sample_steps=args.sample_steps, weighting=args.weighting
     )
+    drl = {**plain, "view": args.view} if args.view else plain
     specs = {
         "drl": ("drl", drl),
+        "drl-no-view": ("drl", plain),
         "drl-variational": ("drl", {**drl, "variational": True}),
         "drl-time": ("drl", {**drl, "time_dependent": True, "encode_t": args.fixed_t}),
         "drl-simple": ("drl", {**drl, "weighting": "simple"}),
@@ -120,6 +150,8 @@ def row_spec(name: str, args) -> tuple[str, dict]:
 
     params = inspect.signature(METHODS.get(name)).parameters
     wanted = {"latent_dim": z, "code_dim": z, "width": w, "encoder_width": w, "unet": unet}
+    if args.view:
+        wanted["view"] = args.view
     wanted["sample_steps"] = args.sample_steps
     return name, {k: v for k, v in wanted.items() if k in params}
 

@@ -52,3 +52,16 @@ def test_representations_names_unknown_rows_in_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         bench.main(["--rows", "nope", "--steps", "1", "--out", str(tmp_path)])
     assert e.value.code == 2 and "unknown rows ['nope']" in capsys.readouterr().err
+
+
+def test_representations_view_option_reaches_the_drl_rows_and_a_bad_one_is_refused(capsys):
+    bench = _module("representations")
+    args = bench.parse_args(["--view", "shift=3,rotate=10"])
+    assert bench.row_spec("drl", args)[1]["view"] == {"shift": 3, "rotate": 10.0}
+    assert bench.row_spec("drl-time", args)[1]["view"] == {"shift": 3, "rotate": 10.0}
+    assert "view" not in bench.row_spec("drl-no-view", args)[1]
+    assert "view" not in bench.row_spec("vae", args)[1]
+    assert "view" not in bench.row_spec("drl", bench.parse_args(["--view", "none"]))[1]
+    with pytest.raises(SystemExit) as e:
+        bench.parse_args(["--view", "shfit=2"])
+    assert e.value.code == 2 and "unknown option(s) ['shfit']" in capsys.readouterr().err

@@ -173,3 +173,34 @@ def test_generation_reconstruction_inversion_and_options():
         _drl(variational=True, time_dependent=True)
     with pytest.raises(UserError, match="weighting"):
         _drl(weighting="no-such-weighting")
+
+
+def test_a_view_codes_a_translated_x0_in_training_and_x0_itself_in_eval():
+    from diffrep.data.views import random_translate
+
+    m = _wake(_drl(view={"shift": 2}))
+    x0 = _x0()
+    g = torch.Generator().manual_seed(11)
+    state = g.get_state()
+    with torch.no_grad():
+        terms = m.train().loss({"x0": x0}, generator=g)
+    g.set_state(state)  # the view is drawn first, then t and eps as for an unshifted drl
+    view = random_translate(x0, 2, g)
+    t = sample_t(len(x0), kind="uniform", generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    # the denoiser restores x0 (the target) given the code of the view
+    ref = m.diffusion.per_t_loss(x0, t, cond=m.encoder(view), eps=eps)
+    torch.testing.assert_close(terms["mse"], ref)
+    own = m.diffusion.per_t_loss(x0, t, cond=m.encoder(x0), eps=eps)
+    assert (own - ref).abs().max() > 1e-4  # not the code of x0 itself
+    # eval: no view; the loss is that of a drl without view_shift and the same weights
+    plain = _wake(_drl()).eval()
+    plain.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        a = m.eval().loss({"x0": x0}, generator=torch.Generator().manual_seed(3))
+        b = plain.loss({"x0": x0}, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a["loss"], b["loss"], rtol=0, atol=0)
+    with pytest.raises(UserError, match="shift >= 0"):
+        _drl(view={"shift": -1})
+    with pytest.raises(UserError, match="unknown option"):
+        _drl(view={"shfit": 1})

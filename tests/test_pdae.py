@@ -350,3 +350,12 @@ def test_pdae_benchmark_refuses_a_missing_ddpm_run_before_writing(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "does not exist; fix:" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()  # nothing written for a run that cannot start
+
+
+def test_pdae_encodes_a_view_in_training_and_x0_in_eval(ddpm_run):
+    from diffrep.methods import build_method
+    from test_views import check_view_contract
+
+    m = build_method("pdae", (1, 8, 8), base=f"run:{ddpm_run}", z_dim=4, encoder_width=8,
+                     view={"shift": 2})  # fmt: skip
+    check_view_contract(m, torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(1)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from diffrep.data.views import build_view
 from diffrep.diffusion import objectives as O
 from diffrep.diffusion.denoiser import Denoiser, bind
 from diffrep.diffusion.pixel import PixelDiffusion
@@ -56,6 +57,7 @@ class DRL(Method):
         free_bits: float = 0.0,
         time_dependent: bool = False,
         encode_t: float = 0.5,
+        view: dict | None = None,
         schedule: str = "vdm-linear",
         schedule_options: dict | None = None,
         unet: dict | None = None,
@@ -72,6 +74,10 @@ class DRL(Method):
                 weight, linear warm-up, nats floor per dimension); elbo() uses the plain KL.
             time_dependent: eq. 4's E(x0, t) (t embedded in the encoder by FiLM).
             encode_t: the noise level encode(x0) uses for E(x0, t) when no t is given.
+            view: in training, the encoder sees a random view of x0 ({shift: pixels, rotate:
+                degrees, scale: relative}, `data.views.RandomView`) while the denoiser restores
+                x0 itself, so the code cannot hold what the view changes (a novel-view
+                bottleneck; None: eq. 2 as is).
             schedule, schedule_options, unet, sample_steps: the shared PixelDiffusion; the
                 schedule is fixed by default, so the weighting alone says which t matter.
         """
@@ -86,6 +92,7 @@ class DRL(Method):
                 f"drl: need code_dim >= 1 and 0 <= encode_t <= 1, got {code_dim}, "
                 f"{encode_t}; fix: e.g. code_dim=32, encode_t=0.5"
             )
+        self.view = build_view(view)
         self.code_dim, self.variational = code_dim, variational
         self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
         self.time_dependent, self.encode_t, self.t_sampling = time_dependent, encode_t, t_sampling
@@ -140,9 +147,11 @@ class DRL(Method):
     # -------------------------------------------------------------- objective
 
     def _terms(self, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
-        z, kl = (None, None) if self.time_dependent else self._code(x0)
+        # the encoder's view of x0 (random in training when `view` is set); the target is x0
+        x_enc = self.view(x0, generator) if self.training else x0
+        z, kl = (None, None) if self.time_dependent else self._code(x_enc)
         out = O.denoising_loss(
-            self.denoiser_for(x0, z),
+            self.denoiser_for(x_enc, z),
             self.diffusion.schedule,
             x0,
             weighting=self.weighting,

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import torch
 
+from diffrep.data.views import build_view
 from diffrep.diffusion import samplers as S
 from diffrep.diffusion.denoiser import guided, unconditional
 from diffrep.diffusion.objectives import denoising_loss
@@ -75,6 +76,7 @@ class PDAE(Method):
         T: int | None = None,
         backbone: dict | None = None,
         z_map: bool = True,
+        view: dict | None = None,
         sample_steps: int = 100,
         prior: str | None = None,
         prior_args: dict | None = None,
@@ -89,6 +91,9 @@ class PDAE(Method):
             backbone: UNet arguments of G_psi's own down path when the DPM has no diffrep U-Net.
             z_map: z also as a spatial map at G_psi's bottleneck (`nets.gradient_estimator`);
                 False: by FiLM only, as in the slides.
+            view: in training, E_phi sees a random view of x0 ({shift, rotate, scale},
+                `data.views.RandomView`) while G_psi fills the gap for x0 itself, so z cannot
+                hold what the view changes (position, angle, size). None: the slides' loss.
             sample_steps: default DDIM steps (reconstruct, sample, interpolate, manipulate).
             prior, prior_args: a latent prior over z (set by `diffrep fit-prior`; None: none).
         """
@@ -105,6 +110,7 @@ class PDAE(Method):
         self.sample_steps = sample_steps
         self.weighting = build_weighting("pdae", snr_power=snr_power)
         self.encoder = ConvEncoder(self.data_shape, z_dim, width=encoder_width)
+        self.view = build_view(view)
         if not isinstance(self.frozen.net, UNet):  # e.g. diffusers: G gets its own down path
             c, h, w = self.data_shape
             self.backbone = UNet(c, image_size=(h, w), **(backbone or {}))
@@ -150,8 +156,9 @@ class PDAE(Method):
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
+        z = self.encoder(self.view(x0) if self.training else x0)  # the target stays x0
         out = denoising_loss(
-            self.denoiser, self.schedule, x0, cond=self.encode(x0), weighting=self.weighting,
+            self.denoiser, self.schedule, x0, cond=z, weighting=self.weighting,
             T=self.T,
         )  # fmt: skip
         return {"loss": out["loss"], "mse": out["mse"]}

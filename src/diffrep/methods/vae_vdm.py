@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from diffrep.data.views import build_view
 from diffrep.diffusion.pixel import PixelDiffusion
 from diffrep.distributions import gaussian_log_prob, reparameterise
 from diffrep.methods.base import METHODS, Batch, Method
@@ -46,6 +47,7 @@ class VAEVDM(Method):
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
         cond_t_range: tuple[float, float] | None = None,
+        view: dict | None = None,
         schedule: Literal["learned-linear", "learned-net", "vdm-linear"] = "learned-linear",
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
@@ -62,12 +64,16 @@ class VAEVDM(Method):
             beta, kl_warmup_steps, free_bits: the KL's training term (`KLControl`); the ELBO
                 always has beta = 1. beta = 0: an unregularised autoencoder, no bound claimed.
             cond_t_range: (t_min, t_max): w conditions the decoder only there (None: every t).
+            view: in training, q(w | .) sees a random view of x ({shift, rotate, scale},
+                `data.views.RandomView`) while the decoder models x itself. Any q gives a bound,
+                so the loss stays one on -log p(x); elbo() encodes x itself.
             schedule ... sample_steps: the decoder, as for `vdm` (same names and meanings).
         """
         super().__init__(data_shape)
         self.latent_dim = latent_dim
         self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
         self.encoder = GaussianConvEncoder(self.data_shape, latent_dim, width=encoder_width)
+        self.view = build_view(view)
         self.prior = build_prior(prior, latent_dim, **dict(prior_args or {}))
         self.kl_control.check_per_dim(self.prior.has_kl_per_dim, f"the {prior!r} prior")
         self.vdm_options = dict(T=T, t_sampling=t_sampling, schedule_grad=schedule_grad)
@@ -93,9 +99,10 @@ class VAEVDM(Method):
     def posterior(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x0)  # (mean, logvar) [B, Z] each
 
-    def _terms(self, x0: torch.Tensor, generator=None):
-        """({"recon", "prior", "diffusion", "kl", ...} [B], KL per dimension [B, Z] or None, w)."""
-        mean, logvar = self.posterior(x0)
+    def _terms(self, x0: torch.Tensor, generator=None, x_enc: torch.Tensor | None = None):
+        """({"recon", "prior", "diffusion", "kl", ...} [B], KL per dimension [B, Z] or None, w);
+        q(w | x_enc) when given (a view of x0), else q(w | x0)."""
+        mean, logvar = self.posterior(x0 if x_enc is None else x_enc)
         w = reparameterise(mean, logvar)  # [B, Z]
         terms = self.diffusion.vdm_elbo(x0, cond=w, generator=generator, **self.vdm_options)
         terms.pop("total")  # recon + prior + diffusion: L_VDM(x | w)
@@ -109,7 +116,8 @@ class VAEVDM(Method):
         return terms, kl_dims, w
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
-        terms, kl_dims, _ = self._terms(batch["x0"])
+        x0 = batch["x0"]
+        terms, kl_dims, _ = self._terms(x0, x_enc=self.view(x0) if self.training else None)
         kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
         if not self.kl_control.is_plain:
             terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
