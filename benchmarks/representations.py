@@ -9,10 +9,13 @@ test codes. Bits/dim: the -ELBO on test[8000:] where the method has a bound (VAE
 pixels (x in [0, 1], 784 features) go through the same probes.
 
 Rows: drl (eps weighting "high-noise" = sigmoid(gamma), the code also given to the U-Net as a
-spatial map: the best DRL of our diagnosis, see README), drl-simple (the seed's lambda = sigma^2),
-drl-low-noise (sigmoid(-gamma): with drl, the granularity pair), drl variational (eq. 3), drl
-time-dependent (eq. 4, probed at the t with the best validation accuracy and at a fixed t), vae,
-dae (and vae_vdm when registered), all with the same code size and encoder width.
+spatial map, and in training the encoder sees a random view of x0, shifted, turned and scaled by
+--view, while the U-Net restores x0 itself: the best DRL of our diagnosis, see README),
+drl-no-view (the same without the view: eq. 2 as in the seed), drl-simple (the seed's lambda =
+sigma^2), drl-low-noise (sigmoid(-gamma): with drl, the granularity pair), drl variational
+(eq. 3), drl time-dependent (eq. 4, probed at the t with the best validation accuracy and at a
+fixed t), vae, dae (and vae_vdm when registered), all with the same code size and encoder width.
+The drl-* rows other than drl-no-view share drl's view.
 
 Granularity: linear probe and reconstruction error (the code fixed, x_T ~ N(0, I), DDIM; mean
 squared error in [0, 1] units) of the high- and low-noise codes, and where along t each code
@@ -100,9 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--view",
         type=parse_view,
         default=DEFAULT_VIEW,
-        help="the encoder's random view in training for the drl rows and vae_vdm "
-        "(data.views.RandomView), e.g. shift=2,rotate=15,scale=0.15, or none; the drl-no-view "
-        f"row never has one (default {DEFAULT_VIEW})",
+        help="the encoder's random view in training for the drl rows (data.views.RandomView), "
+        "e.g. shift=2,rotate=15,scale=0.15, or none; the drl-no-view row never has one "
+        f"(default {DEFAULT_VIEW})",
     )
     ap.add_argument("--fixed-t", type=float, default=0.5, help="E(x0, t)'s fixed probe t")
     ap.add_argument("--t-grid", type=int, default=9, help="t values of the per-t curves")
@@ -150,8 +153,6 @@ def row_spec(name: str, args) -> tuple[str, dict]:
 
     params = inspect.signature(METHODS.get(name)).parameters
     wanted = {"latent_dim": z, "code_dim": z, "width": w, "encoder_width": w, "unet": unet}
-    if args.view:
-        wanted["view"] = args.view
     wanted["sample_steps"] = args.sample_steps
     return name, {k: v for k, v in wanted.items() if k in params}
 

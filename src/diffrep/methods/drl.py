@@ -16,8 +16,10 @@ likelihood weighting), under which E_t[.] with t ~ U[0, 1] is VDM's diffusion te
 
 The denoiser is the shared `PixelDiffusion` (cond_dim = code size); which noise levels the code
 is trained at, hence what it holds (coarse at high noise, detail at low noise), is the weighting:
-"high-noise" / "low-noise" from `diffusion.weighting.WEIGHTINGS`. Collapse diagnostics use
-`self.diffusion` + `encode(x0)` (the posterior mean when variational).
+"high-noise" / "low-noise" from `diffusion.weighting.WEIGHTINGS`. With `view`, the encoder
+codes a random view of x0 in training (E(v(x0)) in eq. 2, v a shift / turn / scaling) while the
+target stays x0: what the view changes cannot be in the code (`data.views`). Collapse
+diagnostics use `self.diffusion` + `encode(x0)` (the posterior mean when variational).
 """
 
 from __future__ import annotations
