@@ -90,6 +90,7 @@ def test_affine_views_rotate_and_a_bad_view_is_one_clear_error():
     torch.testing.assert_close(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.15, atol=0)
     assert not RandomView() and RandomView(scale=0.1)
     for bad, match in (({"shift": -1}, "shift >= 0"), ({"scale": 1.5}, "scale < 1"),
+                       ({"shift": 2.5}, "whole shift"),
                        ({"roate": 5}, "unknown option")):  # fmt: skip
         with pytest.raises(UserError, match=match):
             build_view(bad)

@@ -46,10 +46,11 @@ class RandomView:
     then continuous). All 0: the identity, and no random numbers are drawn."""
 
     def __init__(self, shift: int = 0, rotate: float = 0.0, scale: float = 0.0):
-        if shift < 0 or rotate < 0 or not 0 <= scale < 1:
+        if shift < 0 or shift != int(shift) or rotate < 0 or not 0 <= scale < 1:
             raise UserError(
-                f"view: need shift >= 0, rotate >= 0 and 0 <= scale < 1, got shift={shift}, "
-                f"rotate={rotate}, scale={scale}; fix: e.g. {{shift: 2, rotate: 10, scale: 0.1}}"
+                f"view: need a whole shift >= 0, rotate >= 0 and 0 <= scale < 1, got "
+                f"shift={shift}, rotate={rotate}, scale={scale}; "
+                "fix: e.g. {shift: 2, rotate: 10, scale: 0.1}"
             )
         self.shift, self.rotate, self.scale = int(shift), float(rotate), float(scale)
 
