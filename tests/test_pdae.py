@@ -234,6 +234,45 @@ def test_pdae_trains_on_a_frozen_ddpm_run(tmp_path, ddpm_run):
     assert s.shape == (3, 1, 8, 8) and torch.isfinite(s).all()
 
 
+def test_true_gradient_over_alpha_is_order_one_where_the_noise_is_high():
+    """Why g_scale "alpha": grad log p(y | x_t) of the mixture shrinks with alpha_t (0.08 -> 0.007
+    from t = 0.7 to 0.99), while grad / alpha_t, the network's target, stays at M = 1."""
+    schedule = build_schedule("ddpm-linear", T=T)
+    _, grad = mixture(schedule)
+    g = torch.Generator().manual_seed(0)
+    x0, y = draw_x0(4000, g)
+    rms = {}
+    for tv in (0.7, 0.9, 0.99):
+        t = torch.full((len(x0),), tv, dtype=torch.float64)
+        eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        a, s = (_bc(v, x0) for v in alpha_sigma(schedule(t)))
+        true = grad(a * x0.double() + s * eps, t, y)
+        rms[tv] = (float(true.pow(2).mean().sqrt()), float(a.flatten()[0]))
+    assert rms[0.7][0] > 10 * rms[0.99][0]
+    for r, alpha in rms.values():
+        assert 0.95 < r / alpha < 1.05
+
+
+def test_g_scale_alpha_multiplies_the_network_output_by_alpha_t(ddpm_run):
+    from diffrep.methods import build_method
+
+    kw = dict(base=f"run:{ddpm_run}", z_dim=4, encoder_width=8)
+    torch.manual_seed(0)
+    m = build_method("pdae", (1, 8, 8), **kw)
+    torch.nn.init.normal_(m.G.conv_out.weight, std=0.1)  # a nonzero G
+    x_t, t, z = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 0.5, 0.95]), torch.randn(3, 4)
+    with torch.no_grad():
+        raw = m.G(x_t, t, z, m.frozen.net)
+        alpha = alpha_sigma(m.schedule(t.double()))[0]
+        torch.testing.assert_close(m.gradient(x_t, t, z), _bc(alpha, raw) * raw)
+        m.g_scale = "none"
+        torch.testing.assert_close(m.gradient(x_t, t, z), raw)
+        apart = guided(m.frozen.denoiser, m.gradient, m.shift_scale)(x_t, t, z)
+        torch.testing.assert_close(m.denoiser(x_t, t, z), apart, rtol=0, atol=1e-6)
+    with pytest.raises(UserError, match="g_scale"):
+        build_method("pdae", (1, 8, 8), g_scale="sigma", **kw)
+
+
 def test_untrained_pdae_is_the_frozen_dpm(ddpm_run):
     """G_psi starts at 0: the gap curve with z equals the DPM's own, bin by bin."""
     from diffrep.methods import build_method
@@ -335,6 +374,23 @@ def test_a_run_from_before_the_z_map_says_which_option_loads_it(tmp_path, ddpm_r
     del cfg["method"]["z_map"]  # as a config written before the option existed
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(UserError, match="set `z_map: false` under `method:`"):
+        load_run(run)
+
+
+def test_a_run_from_before_g_scale_says_which_option_loads_it(tmp_path, ddpm_run):
+    """G's weights are for one output scale: a checkpoint trained with g_scale "none" (or before
+    the option existed) loaded with the default "alpha" is refused with the fix, not misread."""
+    import yaml
+
+    from diffrep.runs import load_run
+
+    args = {"name": "pdae", "base": f"run:{ddpm_run}", "z_dim": 4, "encoder_width": 8}
+    run, _ = _train(tmp_path, "pdae", {**args, "g_scale": "none"}, steps=1)
+    assert load_run(run)[0].g_scale == "none"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["method"]["g_scale"]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UserError, match="set `g_scale: none` under `method:`"):
         load_run(run)
 
 

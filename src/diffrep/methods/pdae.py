@@ -27,7 +27,8 @@ with t = i / T and lambda_t = SNR^g / (1 + SNR) (weighting "pdae", g = 0.1 as in
 code). Only E_phi (the shared ConvEncoder) and G_psi train; the DPM is a `FrozenDPM`
 (`frozen = True`: out of the optimizer, EMA and checkpoint; rebuilt from `base`). G_psi reuses the
 frozen U-Net's time embedding and down path (`nets.gradient_estimator`); a DPM without a diffrep
-U-Net (diffusers) gets a trainable one for that part.
+U-Net (diffusers) gets a trainable one for that part. Its network outputs G / alpha_t (`g_scale`):
+the true gradient shrinks like alpha_t at high noise, its quotient stays O(1) (`gradient`).
 
 encode: z = E_phi(x0). reconstruct: DDIM inversion of x0 with z, then DDIM with z (`use_z=False`:
 the frozen DPM alone, at the same steps). sample: DDIM with z given, or z from the latent prior
@@ -76,6 +77,7 @@ class PDAE(Method):
         T: int | None = None,
         backbone: dict | None = None,
         z_map: bool = True,
+        g_scale: str = "alpha",
         view: dict | None = None,
         sample_steps: int = 100,
         prior: str | None = None,
@@ -91,6 +93,8 @@ class PDAE(Method):
             backbone: UNet arguments of G_psi's own down path when the DPM has no diffrep U-Net.
             z_map: z also as a spatial map at G_psi's bottleneck (`nets.gradient_estimator`);
                 False: by FiLM only, as in the slides.
+            g_scale: "alpha": G_psi = alpha_t F_psi(x_t, z, t) (see `gradient`); "none": G_psi
+                is the network's output itself.
             view: in training, E_phi sees a random view of x0 ({shift, rotate, scale},
                 `data.views.RandomView`) while G_psi fills the gap for x0 itself, so z cannot
                 hold what the view changes (position, angle, size). None: the slides' loss.
@@ -111,6 +115,11 @@ class PDAE(Method):
         self.weighting = build_weighting("pdae", snr_power=snr_power)
         self.encoder = ConvEncoder(self.data_shape, z_dim, width=encoder_width)
         self.view = build_view(view)
+        if g_scale not in ("alpha", "none"):
+            raise UserError(f"pdae: g_scale must be 'alpha' or 'none', got {g_scale!r}")
+        self.g_scale = g_scale
+        if g_scale == "alpha":  # a marker in the checkpoint: G's weights are for this scale
+            self.register_buffer("g_scale_alpha", torch.ones(()))
         if not isinstance(self.frozen.net, UNet):  # e.g. diffusers: G gets its own down path
             c, h, w = self.data_shape
             self.backbone = UNet(c, image_size=(h, w), **(backbone or {}))
@@ -121,10 +130,13 @@ class PDAE(Method):
 
     @staticmethod
     def load_hint(missing: list[str], unexpected: list[str]) -> str | None:
-        """The fix for a checkpoint trained with the other `z_map` (the default became True)."""
+        """The fix for a checkpoint trained with the other `z_map` or `g_scale` (new defaults)."""
         for keys, value in ((missing, "false"), (unexpected, "true")):
             if any(k.startswith("G.z_map.") for k in keys):
                 return f"set `z_map: {value}` under `method:` in the run's config.yaml"
+        for keys, value in ((missing, "none"), (unexpected, "alpha")):  # before g_scale existed
+            if "g_scale_alpha" in keys:
+                return f"set `g_scale: {value}` under `method:` in the run's config.yaml"
         return None
 
     def _backbone(self) -> UNet:
@@ -135,8 +147,21 @@ class PDAE(Method):
         return self.frozen.schedule
 
     def gradient(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """G_psi(x_t, z, t) ~ grad_{x_t} log p(z | x_t) [B, C, H, W]."""
-        return self.G(x_t, t, z, self._backbone())
+        """G_psi(x_t, z, t) ~ grad_{x_t} log p(z | x_t) [B, C, H, W].
+
+        By Tweedie, grad log p(z | x_t) = alpha_t / sigma_t^2 (E[x0 | x_t, z] - E[x0 | x_t]): where
+        the noise is high (sigma_t ~ 1) it is alpha_t (~0.01 at t = 0.95 of a linear-beta DDPM)
+        times an O(1) difference of images. With g_scale "alpha" the network F_psi outputs
+        G / alpha_t, an O(1) target at every t, so that its errors where it hardly learns (the
+        loss there is ~SNR small) are shrunk by alpha_t instead of shifting the mean at full size.
+        """
+        return _bc(self.g_factor(t), x_t) * self.G(x_t, t, z, self._backbone())
+
+    def g_factor(self, t: torch.Tensor) -> torch.Tensor:
+        """G_psi / F_psi [B]: alpha_t ("alpha") or 1 ("none")."""
+        if self.g_scale == "none":
+            return torch.ones_like(t, dtype=torch.float64)
+        return alpha_sigma(self.schedule(t.to(torch.float64)))[0]
 
     def shift_scale(self, t: torch.Tensor) -> torch.Tensor:
         return shift_coefficient(self.schedule, t, self.reverse_step)
@@ -152,7 +177,7 @@ class PDAE(Method):
         net = self.frozen.net
         down = net.down_path(x_t, t)
         g = self.G(x_t, t, cond, net, down=down)
-        return net.head(*down) - _bc(self.shift_scale(t), x_t) * g
+        return net.head(*down) - _bc(self.shift_scale(t) * self.g_factor(t), x_t) * g
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
