@@ -5,8 +5,8 @@ a run with --ddpm-run, then `pdae` on it (configs/pdae-mnist.yaml), and measure 
 
 Budgets are steps (--ddpm-steps, --steps): on a shared machine a step budget compares fairly, a
 time budget measures the neighbours too. The defaults, 6000 DDPM and 9000 PDAE steps, are sized
-to about 40 minutes with the evaluation on this project's 2-core machine at 2 threads (DDPM 8,
-PDAE 6.5 steps/s). --minutes gives wall-clock shares instead. The measurements:
+to about 40 minutes with the evaluation on this project's 2-core machine at 2 threads (DDPM 9,
+PDAE 6.1 steps/s). --minutes gives wall-clock shares instead. The measurements:
 
 - the posterior-mean gap per t bin, frozen DPM alone and with z (target: lower with z in every bin);
 - reconstruction (DDIM inversion + regeneration, same steps) with z against the unconditional
