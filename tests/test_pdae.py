@@ -258,7 +258,7 @@ def test_g_scale_alpha_multiplies_the_network_output_by_alpha_t(ddpm_run):
 
     kw = dict(base=f"run:{ddpm_run}", z_dim=4, encoder_width=8)
     torch.manual_seed(0)
-    m = build_method("pdae", (1, 8, 8), **kw)
+    m = build_method("pdae", (1, 8, 8), g_scale="alpha", **kw)
     torch.nn.init.normal_(m.G.conv_out.weight, std=0.1)  # a nonzero G
     x_t, t, z = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 0.5, 0.95]), torch.randn(3, 4)
     with torch.no_grad():
@@ -377,21 +377,24 @@ def test_a_run_from_before_the_z_map_says_which_option_loads_it(tmp_path, ddpm_r
         load_run(run)
 
 
-def test_a_run_from_before_g_scale_says_which_option_loads_it(tmp_path, ddpm_run):
-    """G's weights are for one output scale: a checkpoint trained with g_scale "none" (or before
-    the option existed) loaded with the default "alpha" is refused with the fix, not misread."""
+def test_a_run_with_the_other_g_scale_says_which_option_loads_it(tmp_path, ddpm_run):
+    """G's weights are for one output scale: a checkpoint trained with g_scale "alpha" loaded as
+    "none" (the default), or the other way round, is refused with the fix, not misread."""
     import yaml
 
+    from diffrep.methods.pdae import PDAE
     from diffrep.runs import load_run
 
     args = {"name": "pdae", "base": f"run:{ddpm_run}", "z_dim": 4, "encoder_width": 8}
-    run, _ = _train(tmp_path, "pdae", {**args, "g_scale": "none"}, steps=1)
-    assert load_run(run)[0].g_scale == "none"
+    run, _ = _train(tmp_path, "pdae", {**args, "g_scale": "alpha"}, steps=1)
+    assert load_run(run)[0].g_scale == "alpha"
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     del cfg["method"]["g_scale"]
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(UserError, match="set `g_scale: none` under `method:`"):
+    with pytest.raises(UserError, match="set `g_scale: alpha` under `method:`"):
         load_run(run)
+    # a "none" checkpoint (no marker) loaded as "alpha" misses the marker
+    assert "set `g_scale: none`" in PDAE.load_hint(["g_scale_alpha"], [])
 
 
 def test_pdae_benchmark_refuses_a_missing_ddpm_run_before_writing(tmp_path):

@@ -27,8 +27,8 @@ with t = i / T and lambda_t = SNR^g / (1 + SNR) (weighting "pdae", g = 0.1 as in
 code). Only E_phi (the shared ConvEncoder) and G_psi train; the DPM is a `FrozenDPM`
 (`frozen = True`: out of the optimizer, EMA and checkpoint; rebuilt from `base`). G_psi reuses the
 frozen U-Net's time embedding and down path (`nets.gradient_estimator`); a DPM without a diffrep
-U-Net (diffusers) gets a trainable one for that part. Its network outputs G / alpha_t (`g_scale`):
-the true gradient shrinks like alpha_t at high noise, its quotient stays O(1) (`gradient`).
+U-Net (diffusers) gets a trainable one for that part. With `g_scale="alpha"` its network outputs
+G / alpha_t: the true gradient shrinks like alpha_t at high noise, its quotient stays O(1).
 
 encode: z = E_phi(x0). reconstruct: DDIM inversion of x0 with z, then DDIM with z (`use_z=False`:
 the frozen DPM alone, at the same steps). sample: DDIM with z given, or z from the latent prior
@@ -77,7 +77,7 @@ class PDAE(Method):
         T: int | None = None,
         backbone: dict | None = None,
         z_map: bool = True,
-        g_scale: str = "alpha",
+        g_scale: str = "none",
         view: dict | None = None,
         sample_steps: int = 100,
         prior: str | None = None,
@@ -93,8 +93,8 @@ class PDAE(Method):
             backbone: UNet arguments of G_psi's own down path when the DPM has no diffrep U-Net.
             z_map: z also as a spatial map at G_psi's bottleneck (`nets.gradient_estimator`);
                 False: by FiLM only, as in the slides.
-            g_scale: "alpha": G_psi = alpha_t F_psi(x_t, z, t) (see `gradient`); "none": G_psi
-                is the network's output itself.
+            g_scale: "none": G_psi is the network's output itself (the slides); "alpha": G_psi =
+                alpha_t F_psi(x_t, z, t) (see `gradient`).
             view: in training, E_phi sees a random view of x0 ({shift, rotate, scale},
                 `data.views.RandomView`) while G_psi fills the gap for x0 itself, so z cannot
                 hold what the view changes (position, angle, size). None: the slides' loss.
@@ -130,11 +130,11 @@ class PDAE(Method):
 
     @staticmethod
     def load_hint(missing: list[str], unexpected: list[str]) -> str | None:
-        """The fix for a checkpoint trained with the other `z_map` or `g_scale` (new defaults)."""
+        """The fix for a checkpoint trained with the other `z_map` or `g_scale` (or default)."""
         for keys, value in ((missing, "false"), (unexpected, "true")):
             if any(k.startswith("G.z_map.") for k in keys):
                 return f"set `z_map: {value}` under `method:` in the run's config.yaml"
-        for keys, value in ((missing, "none"), (unexpected, "alpha")):  # before g_scale existed
+        for keys, value in ((missing, "none"), (unexpected, "alpha")):
             if "g_scale_alpha" in keys:
                 return f"set `g_scale: {value}` under `method:` in the run's config.yaml"
         return None
