@@ -130,7 +130,7 @@ class PDAE(Method):
 
     @staticmethod
     def load_hint(missing: list[str], unexpected: list[str]) -> str | None:
-        """The fix for a checkpoint trained with the other `z_map` or `g_scale` (or default)."""
+        """The fix for a checkpoint trained with the other `z_map` or `g_scale`."""
         for keys, value in ((missing, "false"), (unexpected, "true")):
             if any(k.startswith("G.z_map.") for k in keys):
                 return f"set `z_map: {value}` under `method:` in the run's config.yaml"
