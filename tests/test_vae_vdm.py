@@ -81,6 +81,42 @@ def test_free_bits_floor_every_dimension_and_warm_up_ramps_beta():
         tiny(free_bits=0.5, prior="flow")
 
 
+def test_aux_term_is_drl_eq2_on_the_same_code_and_leaves_the_schedule_alone():
+    from diffrep.diffusion import objectives as O
+    from diffrep.diffusion.denoiser import bind
+
+    x0 = images()
+    plain, aux = tiny(), tiny(aux_weight=3.0)
+    torch.manual_seed(5)
+    base = plain.loss({"x0": x0})
+    torch.manual_seed(5)
+    terms = aux.loss({"x0": x0})
+    assert "aux" not in base and float(terms["aux"].detach().min()) > 0
+    # the bound's terms are drawn first, so they match; the loss adds aux_weight * aux
+    torch.testing.assert_close(terms["diffusion"], base["diffusion"])
+    torch.testing.assert_close(terms["loss"], base["loss"] + 3.0 * terms["aux"])
+    # aux = sigmoid(gamma(t)) ||eps - eps_hat(x_t, t, w)||^2 (seed 001 eq. 2) with the same w
+    torch.manual_seed(5)
+    _, _, w = aux._terms(x0)
+    ref = O.denoising_loss(bind(aux.diffusion.denoiser, w), aux.schedule, x0,
+                           weighting="high-noise")  # fmt: skip
+    torch.testing.assert_close(terms["aux"], ref["loss"])
+    g_t = aux.schedule(ref["t"]).detach()
+    torch.testing.assert_close(ref["loss"], torch.sigmoid(g_t).float() * ref["mse"])
+    # its gradient trains the encoder and the U-Net, not the noise schedule
+    enc, sched = list(aux.encoder.parameters()), list(aux.schedule.parameters())
+    grads = torch.autograd.grad(terms["aux"].sum(), enc + sched, allow_unused=True)
+    assert any(gr is not None and float(gr.abs().max()) > 0 for gr in grads[: len(enc)])
+    assert all(gr is None for gr in grads[len(enc) :])
+    elbos = []
+    for m in (plain, aux):  # training-only: the bound is the same function of the weights
+        torch.manual_seed(7)
+        elbos.append(m.elbo(x0, torch.Generator().manual_seed(0))["total"])
+    torch.testing.assert_close(*elbos)
+    with pytest.raises(UserError, match="aux_weight"):
+        tiny(aux_weight=-1.0)
+
+
 def test_shuffle_test_sees_the_code_only_where_the_decoder_gets_it():
     x0 = images(32)
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,12 @@ Posterior collapse (the poster: "encoder KL divergence falls to 0") and its miti
   linear warm-up over `kl_warmup_steps`, free bits per dimension (Kingma et al. 2016);
 - `cond_t_range`: the decoder sees w only for t in [t_min, t_max] (a null code elsewhere), so
   the code can only carry what those noise levels need (`PixelDiffusion.cond_t_range`);
-- decoder capacity: `unet` (a smaller U-Net leaves more to the code), `encoder_width`.
+- decoder capacity: `unet` (a smaller U-Net leaves more to the code), `encoder_width`;
+- `aux_weight`: an auxiliary DRL term (seed 001 eq. 2, eps form) on the same code and decoder,
+  aux_weight * lambda(t) ||eps - eps_hat(x_t, t, w)||^2 with `aux_weighting` (default
+  "high-noise"): the ELBO weights the high-noise steps, where a code that names the digit
+  helps most, by gamma'(t) / 2 ~ 0, so under the ELBO alone a semantic code earns almost
+  nothing; the extra term pays for it there. Training only: `elbo()` is the bound as always.
 `diffrep.eval.collapse` measures how much the decoder uses w (the shuffle test).
 """
 
@@ -25,8 +30,12 @@ from typing import Any, Literal
 import torch
 
 from diffrep.data.views import build_view
+from diffrep.diffusion import objectives as O
+from diffrep.diffusion.denoiser import bind
 from diffrep.diffusion.pixel import PixelDiffusion
+from diffrep.diffusion.weighting import build_weighting
 from diffrep.distributions import gaussian_log_prob, reparameterise
+from diffrep.errors import UserError
 from diffrep.methods.base import METHODS, Batch, Method
 from diffrep.methods.kl_control import KLControl
 from diffrep.nets.encoders import GaussianConvEncoder
@@ -48,6 +57,8 @@ class VAEVDM(Method):
         free_bits: float = 0.0,
         cond_t_range: tuple[float, float] | None = None,
         view: dict | None = None,
+        aux_weight: float = 0.0,
+        aux_weighting: str = "high-noise",
         schedule: Literal["learned-linear", "learned-net", "vdm-linear"] = "learned-linear",
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
@@ -67,6 +78,8 @@ class VAEVDM(Method):
             view: in training, q(w | .) sees a random view of x ({shift, rotate, scale},
                 `data.views.RandomView`) while the decoder models x itself. Any q gives a bound,
                 so the loss stays one on -log p(x); elbo() encodes x itself.
+            aux_weight, aux_weighting: the auxiliary DRL term's weight (0: none) and lambda(t)
+                (`diffusion.weighting.WEIGHTINGS`); module doc.
             schedule ... sample_steps: the decoder, as for `vdm` (same names and meanings).
         """
         super().__init__(data_shape)
@@ -74,6 +87,9 @@ class VAEVDM(Method):
         self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
         self.encoder = GaussianConvEncoder(self.data_shape, latent_dim, width=encoder_width)
         self.view = build_view(view)
+        if not aux_weight >= 0:
+            raise UserError(f"vae_vdm: aux_weight must be >= 0, got {aux_weight}; fix: e.g. 1.0")
+        self.aux_weight, self.aux_weighting = float(aux_weight), build_weighting(aux_weighting)
         self.prior = build_prior(prior, latent_dim, **dict(prior_args or {}))
         self.kl_control.check_per_dim(self.prior.has_kl_per_dim, f"the {prior!r} prior")
         self.vdm_options = dict(T=T, t_sampling=t_sampling, schedule_grad=schedule_grad)
@@ -117,12 +133,17 @@ class VAEVDM(Method):
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
-        terms, kl_dims, _ = self._terms(x0, x_enc=self.view(x0) if self.training else None)
+        terms, kl_dims, w = self._terms(x0, x_enc=self.view(x0) if self.training else None)
         kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
         if not self.kl_control.is_plain:
             terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
-        vdm = terms["recon"] + terms["prior"] + terms["diffusion"]
-        return {"loss": vdm + kl_train, **terms}
+        loss = terms["recon"] + terms["prior"] + terms["diffusion"] + kl_train
+        if self.aux_weight > 0:  # seed 001 eq. 2 on the same w; the schedule gets no gradient
+            terms["aux"] = O.denoising_loss(
+                bind(self.diffusion.denoiser, w), self.schedule, x0, weighting=self.aux_weighting
+            )["loss"]
+            loss = loss + self.aux_weight * terms["aux"]
+        return {"loss": loss, **terms}
 
     @torch.no_grad()
     def elbo(self, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
