@@ -65,3 +65,17 @@ def test_representations_view_option_reaches_the_drl_rows_and_a_bad_one_is_refus
     with pytest.raises(SystemExit) as e:
         bench.parse_args(["--view", "shfit=2"])
     assert e.value.code == 2 and "unknown option(s) ['shfit']" in capsys.readouterr().err
+
+
+def test_every_vae_vdm_collapse_run_is_a_valid_config_that_builds():
+    from diffrep.methods import build_method
+
+    bench = _module("vae_vdm_collapse")
+    for name in bench.RUNS:
+        cfg = bench.run_config(name, 400)
+        assert cfg.train.steps == 400, name
+        build_method(cfg.method_name, (1, 28, 28), **cfg.method_args)  # a bad argument raises
+    aux = bench.run_config("drl-aux", 400).method_args
+    assert aux["kl_warmup_steps"] == 0 and aux["aux_weight"] > 0 and aux["view"]
+    assert aux["unet"]["cond_map"] and aux["unet"]["base_channels"] == 16  # on the config's
+    assert bench.run_config("cond-map", 400).method_args["kl_warmup_steps"] == 100

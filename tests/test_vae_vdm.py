@@ -97,7 +97,7 @@ def test_aux_term_is_drl_eq2_on_the_same_code_and_leaves_the_schedule_alone():
     torch.testing.assert_close(terms["loss"], base["loss"] + 3.0 * terms["aux"])
     # aux = sigmoid(gamma(t)) ||eps - eps_hat(x_t, t, w)||^2 (seed 001 eq. 2) with the same w
     torch.manual_seed(5)
-    _, _, w = aux._terms(x0)
+    _, _, _, w = aux._terms(x0)  # the posterior mean (aux_code "mean")
     ref = O.denoising_loss(bind(aux.diffusion.denoiser, w), aux.schedule, x0,
                            weighting="high-noise")  # fmt: skip
     torch.testing.assert_close(terms["aux"], ref["loss"])
@@ -113,8 +113,34 @@ def test_aux_term_is_drl_eq2_on_the_same_code_and_leaves_the_schedule_alone():
         torch.manual_seed(7)
         elbos.append(m.elbo(x0, torch.Generator().manual_seed(0))["total"])
     torch.testing.assert_close(*elbos)
+    # aux_code "sample": the bound's own w instead of the posterior mean
+    sampled = tiny(aux_weight=3.0, aux_code="sample")
+    torch.manual_seed(5)
+    terms = sampled.loss({"x0": x0})
+    torch.manual_seed(5)
+    _, _, w, mean = sampled._terms(x0)
+    assert float((w - mean).detach().abs().max()) > 0.1
+    ref = O.denoising_loss(bind(sampled.diffusion.denoiser, w), sampled.schedule, x0,
+                           weighting="high-noise")  # fmt: skip
+    torch.testing.assert_close(terms["aux"], ref["loss"])
     with pytest.raises(UserError, match="aux_weight"):
         tiny(aux_weight=-1.0)
+    with pytest.raises(UserError, match="aux_code"):
+        tiny(aux_weight=1.0, aux_code="mode")
+
+
+def test_encoder_lr_scale_makes_an_encoder_group_and_every_parameter_is_in_one_group():
+    from diffrep.train import param_groups
+
+    assert [g["name"] for g in param_groups(tiny())] == ["all"]
+    m = tiny(encoder_lr_scale=0.2)
+    groups = {g["name"]: g for g in param_groups(m)}
+    assert groups["encoder"]["lr_scale"] == 0.2
+    ids = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters()) and len(set(ids)) == len(ids)
+    assert {id(p) for p in groups["encoder"]["params"]} == {id(p) for p in m.encoder.parameters()}
+    with pytest.raises(UserError, match="encoder_lr_scale"):
+        tiny(encoder_lr_scale=0.0)
 
 
 def test_shuffle_test_sees_the_code_only_where_the_decoder_gets_it():

@@ -14,11 +14,13 @@ Posterior collapse (the poster: "encoder KL divergence falls to 0") and its miti
 - `cond_t_range`: the decoder sees w only for t in [t_min, t_max] (a null code elsewhere), so
   the code can only carry what those noise levels need (`PixelDiffusion.cond_t_range`);
 - decoder capacity: `unet` (a smaller U-Net leaves more to the code), `encoder_width`;
-- `aux_weight`: an auxiliary DRL term (seed 001 eq. 2, eps form) on the same code and decoder,
-  aux_weight * lambda(t) ||eps - eps_hat(x_t, t, w)||^2 with `aux_weighting` (default
-  "high-noise"): the ELBO weights the high-noise steps, where a code that names the digit
-  helps most, by gamma'(t) / 2 ~ 0, so under the ELBO alone a semantic code earns almost
-  nothing; the extra term pays for it there. Training only: `elbo()` is the bound as always.
+- `aux_weight`: an auxiliary DRL term (seed 001 eq. 2, eps form) through the same decoder,
+  aux_weight * lambda(t) ||eps - eps_hat(x_t, t, c)||^2 with `aux_weighting` (default
+  "high-noise") and c the posterior mean (`aux_code: mean`, the representation the probes
+  read; "sample": the w of the bound). The ELBO weights the high-noise steps, where a code
+  that names the digit helps most, by gamma'(t) / 2 ~ 0, so under the ELBO alone a semantic
+  code earns almost nothing; the extra term pays for it there. It is a training term only:
+  `elbo()` is the bound of the same q and decoder, whatever trained them.
 `diffrep.eval.collapse` measures how much the decoder uses w (the shuffle test).
 """
 
@@ -50,6 +52,7 @@ class VAEVDM(Method):
         *,
         latent_dim: int = 16,
         encoder_width: int = 32,
+        encoder_lr_scale: float = 1.0,
         prior: str = "gaussian",
         prior_args: dict | None = None,
         beta: float = 1.0,
@@ -59,6 +62,7 @@ class VAEVDM(Method):
         view: dict | None = None,
         aux_weight: float = 0.0,
         aux_weighting: str = "high-noise",
+        aux_code: Literal["mean", "sample"] = "mean",
         schedule: Literal["learned-linear", "learned-net", "vdm-linear"] = "learned-linear",
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
@@ -71,6 +75,8 @@ class VAEVDM(Method):
         """
         Args:
             latent_dim, encoder_width: size of w; channels of the encoder's first level.
+            encoder_lr_scale: the encoder's learning rate relative to the decoder's (a slower
+                encoder does not blow up its KL in the first steps at a VDM's learning rate).
             prior, prior_args: a registered prior p(w) and its arguments.
             beta, kl_warmup_steps, free_bits: the KL's training term (`KLControl`); the ELBO
                 always has beta = 1. beta = 0: an unregularised autoencoder, no bound claimed.
@@ -78,18 +84,25 @@ class VAEVDM(Method):
             view: in training, q(w | .) sees a random view of x ({shift, rotate, scale},
                 `data.views.RandomView`) while the decoder models x itself. Any q gives a bound,
                 so the loss stays one on -log p(x); elbo() encodes x itself.
-            aux_weight, aux_weighting: the auxiliary DRL term's weight (0: none) and lambda(t)
-                (`diffusion.weighting.WEIGHTINGS`); module doc.
+            aux_weight, aux_weighting, aux_code: the auxiliary DRL term's weight (0: none),
+                lambda(t) (`diffusion.weighting.WEIGHTINGS`) and code ("mean" | "sample");
+                module doc.
             schedule ... sample_steps: the decoder, as for `vdm` (same names and meanings).
         """
         super().__init__(data_shape)
         self.latent_dim = latent_dim
         self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
         self.encoder = GaussianConvEncoder(self.data_shape, latent_dim, width=encoder_width)
+        if not encoder_lr_scale > 0:
+            raise UserError(f"vae_vdm: encoder_lr_scale must be > 0, got {encoder_lr_scale}")
+        self.encoder_lr_scale = float(encoder_lr_scale)
         self.view = build_view(view)
         if not aux_weight >= 0:
             raise UserError(f"vae_vdm: aux_weight must be >= 0, got {aux_weight}; fix: e.g. 1.0")
         self.aux_weight, self.aux_weighting = float(aux_weight), build_weighting(aux_weighting)
+        if aux_code not in ("mean", "sample"):
+            raise UserError(f"vae_vdm: aux_code must be 'mean' or 'sample', got {aux_code!r}")
+        self.aux_code = aux_code
         self.prior = build_prior(prior, latent_dim, **dict(prior_args or {}))
         self.kl_control.check_per_dim(self.prior.has_kl_per_dim, f"the {prior!r} prior")
         self.vdm_options = dict(T=T, t_sampling=t_sampling, schedule_grad=schedule_grad)
@@ -110,14 +123,25 @@ class VAEVDM(Method):
     def on_step(self, step: int, total_steps: int) -> None:
         self.kl_control.on_step(step)
 
+    def param_groups(self):
+        if self.encoder_lr_scale == 1.0:
+            return super().param_groups()  # one group: runs from before the option resume
+        enc = {id(p) for p in self.encoder.parameters()}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in enc]
+        return [
+            {"name": "encoder", "params": list(self.encoder.parameters()),
+             "lr_scale": self.encoder_lr_scale},
+            {"name": "decoder and prior", "params": rest, "lr_scale": 1.0},
+        ]  # fmt: skip
+
     # -------------------------------------------------------------- objective
 
     def posterior(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(x0)  # (mean, logvar) [B, Z] each
 
     def _terms(self, x0: torch.Tensor, generator=None, x_enc: torch.Tensor | None = None):
-        """({"recon", "prior", "diffusion", "kl", ...} [B], KL per dimension [B, Z] or None, w);
-        q(w | x_enc) when given (a view of x0), else q(w | x0)."""
+        """({"recon", "prior", "diffusion", "kl", ...} [B], KL per dimension [B, Z] or None, w,
+        the posterior mean); q(w | x_enc) when given (a view of x0), else q(w | x0)."""
         mean, logvar = self.posterior(x0 if x_enc is None else x_enc)
         w = reparameterise(mean, logvar)  # [B, Z]
         terms = self.diffusion.vdm_elbo(x0, cond=w, generator=generator, **self.vdm_options)
@@ -129,18 +153,19 @@ class VAEVDM(Method):
             prior_terms = self.prior.nll_terms(w)
             terms["kl"] = gaussian_log_prob(w, mean, logvar) + prior_terms["total"]
             terms.update({f"w_prior_{k}": v for k, v in prior_terms.items() if k != "total"})
-        return terms, kl_dims, w
+        return terms, kl_dims, w, mean
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
-        terms, kl_dims, w = self._terms(x0, x_enc=self.view(x0) if self.training else None)
+        terms, kl_dims, w, mean = self._terms(x0, x_enc=self.view(x0) if self.training else None)
         kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
         if not self.kl_control.is_plain:
             terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
         loss = terms["recon"] + terms["prior"] + terms["diffusion"] + kl_train
         if self.aux_weight > 0:  # seed 001 eq. 2 on the same w; the schedule gets no gradient
+            code = mean if self.aux_code == "mean" else w
             terms["aux"] = O.denoising_loss(
-                bind(self.diffusion.denoiser, w), self.schedule, x0, weighting=self.aux_weighting
+                bind(self.diffusion.denoiser, code), self.schedule, x0, weighting=self.aux_weighting
             )["loss"]
             loss = loss + self.aux_weight * terms["aux"]
         return {"loss": loss, **terms}
