@@ -49,6 +49,20 @@ def test_loss_at_beta_1_is_the_negative_elbo_and_its_terms_add_up():
     assert m.bound_is_valid and not tiny(beta=0.0).bound_is_valid
 
 
+def test_with_a_view_the_bound_encodes_a_view_as_training_does():
+    m, x0 = tiny(view={"shift": 1, "rotate": 10, "scale": 0.1}), images()
+    torch.manual_seed(5)
+    loss = m.train().loss({"x0": x0})["loss"].detach()
+    torch.manual_seed(5)
+    bound = m.eval().elbo(x0)["total"]
+    torch.testing.assert_close(bound, loss)  # the same view, w, t and eps: the same value
+    torch.manual_seed(5)
+    mean_x = m.posterior(x0)[0]
+    torch.testing.assert_close(m.encode(x0), mean_x)  # the representation: x itself
+    crisp = m._terms(x0, x_enc=None)[0]["kl"]  # q(w | x): another value
+    assert float((crisp - m.elbo(x0)["kl"]).abs().max()) > 1e-4
+
+
 def test_beta_scales_only_the_training_kl():
     x0 = images()
     out = {}
@@ -123,6 +137,17 @@ def test_aux_term_is_drl_eq2_on_the_same_code_and_leaves_the_schedule_alone():
     ref = O.denoising_loss(bind(sampled.diffusion.denoiser, w), sampled.schedule, x0,
                            weighting="high-noise")  # fmt: skip
     torch.testing.assert_close(terms["aux"], ref["loss"])
+    # aux_unet: the term goes through its own denoiser; the decoder gets no gradient from it
+    own = tiny(aux_weight=3.0, aux_unet=UNET)
+    with torch.no_grad():  # away from its zero-initialised conditioning, as tiny() does
+        for p in own.aux_diffusion.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    aux_terms = own.loss({"x0": x0})["aux"].sum()
+    dec, enc, sep = (list(p.parameters()) for p in (own.diffusion, own.encoder, own.aux_diffusion))
+    grads = torch.autograd.grad(aux_terms, dec + enc + sep, allow_unused=True)
+    assert all(gr is None for gr in grads[: len(dec)])
+    for part in (grads[len(dec) : len(dec) + len(enc)], grads[len(dec) + len(enc) :]):
+        assert any(gr is not None and float(gr.abs().max()) > 0 for gr in part)  # enc, own
     with pytest.raises(UserError, match="aux_weight"):
         tiny(aux_weight=-1.0)
     with pytest.raises(UserError, match="aux_code"):

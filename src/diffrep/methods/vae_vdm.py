@@ -63,6 +63,7 @@ class VAEVDM(Method):
         aux_weight: float = 0.0,
         aux_weighting: str = "high-noise",
         aux_code: Literal["mean", "sample"] = "mean",
+        aux_unet: dict | None = None,
         schedule: Literal["learned-linear", "learned-net", "vdm-linear"] = "learned-linear",
         gamma_min: float = -13.3,
         gamma_max: float = 5.0,
@@ -83,10 +84,14 @@ class VAEVDM(Method):
             cond_t_range: (t_min, t_max): w conditions the decoder only there (None: every t).
             view: in training, q(w | .) sees a random view of x ({shift, rotate, scale},
                 `data.views.RandomView`) while the decoder models x itself. Any q gives a bound,
-                so the loss stays one on -log p(x); elbo() encodes x itself.
+                so the loss stays one on -log p(x); elbo() and nll_iw() encode a view too,
+                encode() (the representation) x itself.
             aux_weight, aux_weighting, aux_code: the auxiliary DRL term's weight (0: none),
                 lambda(t) (`diffusion.weighting.WEIGHTINGS`) and code ("mean" | "sample");
                 module doc.
+            aux_unet: None: the DRL term goes through the decoder itself; a dict: through a
+                separate U-Net with these arguments (DRL's denoiser, fixed vdm-linear schedule),
+                so the decoder is trained by the bound alone.
             schedule ... sample_steps: the decoder, as for `vdm` (same names and meanings).
         """
         super().__init__(data_shape)
@@ -103,6 +108,11 @@ class VAEVDM(Method):
         if aux_code not in ("mean", "sample"):
             raise UserError(f"vae_vdm: aux_code must be 'mean' or 'sample', got {aux_code!r}")
         self.aux_code = aux_code
+        self.aux_diffusion = None  # the DRL term's own denoiser, when not the decoder
+        if aux_unet is not None:
+            self.aux_diffusion = PixelDiffusion(
+                self.data_shape, schedule="vdm-linear", unet=aux_unet, cond_dim=latent_dim
+            )
         self.prior = build_prior(prior, latent_dim, **dict(prior_args or {}))
         self.kl_control.check_per_dim(self.prior.has_kl_per_dim, f"the {prior!r} prior")
         self.vdm_options = dict(T=T, t_sampling=t_sampling, schedule_grad=schedule_grad)
@@ -164,17 +174,29 @@ class VAEVDM(Method):
         loss = terms["recon"] + terms["prior"] + terms["diffusion"] + kl_train
         if self.aux_weight > 0:  # seed 001 eq. 2 on the same w; the schedule gets no gradient
             code = mean if self.aux_code == "mean" else w
+            part = self.aux_diffusion or self.diffusion
             terms["aux"] = O.denoising_loss(
-                bind(self.diffusion.denoiser, code), self.schedule, x0, weighting=self.aux_weighting
+                bind(part.denoiser, code), part.schedule, x0, weighting=self.aux_weighting
             )["loss"]
             loss = loss + self.aux_weight * terms["aux"]
         return {"loss": loss, **terms}
 
+    def _view_for_bound(self, x0: torch.Tensor) -> torch.Tensor:
+        """A random view of x0 for q(w | .) (the bound's encoder input is then what training
+        used); x0 itself without a view."""
+        return self.view(x0)
+
     @torch.no_grad()
     def elbo(self, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
         """-ELBO terms [B] in nats, beta = 1 (one w, one t per example: unbiased); `generator`
-        draws the diffusion's (t, eps) (w comes from the global RNG)."""
-        terms = self._terms(x0, generator)[0]
+        draws the diffusion's (t, eps) (the view and w come from the global RNG).
+
+        With a `view`, q(w | x) is the encoder of a random view of x, as in training: for each
+        view v, q(w | v(x)) gives a bound, so their average is one. The decoder has only seen
+        codes of views; codes of x itself (never resampled) cost it ~125 nats per MNIST image
+        (a run of benchmarks/vae_vdm_collapse.py's `drl-aux` kind).
+        """
+        terms = self._terms(x0, generator, x_enc=self._view_for_bound(x0))[0]
         terms["total"] = terms["recon"] + terms["prior"] + terms["diffusion"] + terms["kl"]
         return terms
 
@@ -186,7 +208,7 @@ class VAEVDM(Method):
         code varies. exp(-L_VDM) is not an unbiased estimate of p(x | w): a diagnostic of how
         loose the ELBO's KL is, not a certified bound (hence no `log_joint` for the suite).
         """
-        mean, logvar = self.posterior(x0)
+        mean, logvar = self.posterior(self._view_for_bound(x0))  # one view for all k codes
         logw = []
         for _ in range(k):  # k codes; each is one ELBO evaluation
             w = reparameterise(mean, logvar)
