@@ -7,12 +7,13 @@ test[8000:] by the evaluation suite:
     vdm            the unconditional VDM of the same size (configs/vae-vdm-mnist.yaml's decoder)
     kl-1e4         vae_vdm with the poster's public code's KL weight 1e4 (the collapse)
     beta-1         vae_vdm with beta = 1 (the true bound)
-    cond-map       the best mitigation found at 6000 steps (COND_MAP below): free bits and a KL
-                   warm-up, the code reaching the decoder only for t >= 0.3, and given to the
-                   U-Net as a spatial map too
+    drl-aux        the best mitigation found at 6000 steps (DRL_AUX below): free bits, a view
+                   for the encoder and a DRL term (seed 001) on its posterior mean through a
+                   separate small U-Net
 
 and, with --runs, the other mitigations tried: mitigated (free bits + warm-up), t-range (+ the
-code only for t >= 0.3), cond-map-high (cond-map with t >= 0.6).
+code only for t >= 0.3), cond-map (+ the code as a spatial map at the U-Net's bottleneck),
+cond-map-high (cond-map with t >= 0.6).
 
 It prints one table (bits/dim of the bound, KL per dimension, active units, the shuffle test's
 increase of the bound in nats, linear probe, kNN and 100-label accuracy; a raw-pixel row for
@@ -22,9 +23,9 @@ test curves, reconstructions with the code fixed and samples. Each run is a norm
 
     python benchmarks/vae_vdm_collapse.py                      # full length (~20 min per run)
     python benchmarks/vae_vdm_collapse.py --steps 300          # a short check
-    python benchmarks/vae_vdm_collapse.py --runs beta-1 cond-map --reuse
+    python benchmarks/vae_vdm_collapse.py --runs beta-1 drl-aux --reuse
     python benchmarks/vae_vdm_collapse.py --reuse \
-        --runs vdm kl-1e4 beta-1 cond-map t-range cond-map-high
+        --runs vdm kl-1e4 beta-1 cond-map t-range cond-map-high drl-aux
 
 The acceptance targets (collapse at KL weight 1e4; >= 8 of 16 active units, probe >= 0.97 and
 bits/dim within 0.02 of vdm for the mitigation) are for the full-length run.
@@ -96,7 +97,7 @@ RUNS = {
     "drl-aux": ("vae_vdm", DRL_AUX),
 }
 MITIGATIONS = ("mitigated", "t-range", "cond-map", "cond-map-high", "drl-aux")
-DEFAULT_RUNS = ("vdm", "kl-1e4", "beta-1", "cond-map")
+DEFAULT_RUNS = ("vdm", "kl-1e4", "beta-1", "drl-aux")
 
 COLUMNS = ("bits/dim", "KL/dim", "active", "shuffle nats", "linear", "kNN", "100-label")
 
