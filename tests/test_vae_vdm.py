@@ -150,6 +150,8 @@ def test_aux_term_is_drl_eq2_on_the_same_code_and_leaves_the_schedule_alone():
         assert any(gr is not None and float(gr.abs().max()) > 0 for gr in part)  # enc, own
     with pytest.raises(UserError, match="aux_weight"):
         tiny(aux_weight=-1.0)
+    with pytest.raises(UserError, match="aux_weight"):
+        tiny(aux_unet=UNET)  # a U-Net for a term that is off
     with pytest.raises(UserError, match="aux_code"):
         tiny(aux_weight=1.0, aux_code="mode")
 

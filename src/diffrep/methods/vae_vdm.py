@@ -99,7 +99,9 @@ class VAEVDM(Method):
         self.kl_control = KLControl(beta, kl_warmup_steps, free_bits)
         self.encoder = GaussianConvEncoder(self.data_shape, latent_dim, width=encoder_width)
         if not encoder_lr_scale > 0:
-            raise UserError(f"vae_vdm: encoder_lr_scale must be > 0, got {encoder_lr_scale}")
+            raise UserError(
+                f"vae_vdm: encoder_lr_scale must be > 0, got {encoder_lr_scale}; fix: e.g. 0.2"
+            )
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.view = build_view(view)
         if not aux_weight >= 0:
@@ -110,6 +112,9 @@ class VAEVDM(Method):
         self.aux_code = aux_code
         self.aux_diffusion = None  # the DRL term's own denoiser, when not the decoder
         if aux_unet is not None:
+            if self.aux_weight == 0:
+                raise UserError("vae_vdm: aux_unet is the DRL term's U-Net, but aux_weight is 0; "
+                                "fix: set aux_weight (e.g. 100) or drop aux_unet")  # fmt: skip
             self.aux_diffusion = PixelDiffusion(
                 self.data_shape, schedule="vdm-linear", unet=aux_unet, cond_dim=latent_dim
             )
