@@ -14,13 +14,15 @@ Posterior collapse (the poster: "encoder KL divergence falls to 0") and its miti
 - `cond_t_range`: the decoder sees w only for t in [t_min, t_max] (a null code elsewhere), so
   the code can only carry what those noise levels need (`PixelDiffusion.cond_t_range`);
 - decoder capacity: `unet` (a smaller U-Net leaves more to the code), `encoder_width`;
-- `aux_weight`: an auxiliary DRL term (seed 001 eq. 2, eps form) through the same decoder,
+- `aux_weight`: an auxiliary DRL term (seed 001 eq. 2, eps form),
   aux_weight * lambda(t) ||eps - eps_hat(x_t, t, c)||^2 with `aux_weighting` (default
   "high-noise") and c the posterior mean (`aux_code: mean`, the representation the probes
-  read; "sample": the w of the bound). The ELBO weights the high-noise steps, where a code
+  read; "sample": the w of the bound), through the decoder or, with `aux_unet`, a U-Net of its
+  own (then the decoder is trained by the bound alone). The ELBO weights the high-noise steps, where a code
   that names the digit helps most, by gamma'(t) / 2 ~ 0, so under the ELBO alone a semantic
-  code earns almost nothing; the extra term pays for it there. It is a training term only:
-  `elbo()` is the bound of the same q and decoder, whatever trained them.
+  code earns almost nothing; the extra term pays for it there. With a `view`, this made
+  the code semantic on MNIST (README). A training term only: `elbo()` is the bound of the
+  same q and decoder, whatever trained them.
 `diffrep.eval.collapse` measures how much the decoder uses w (the shuffle test).
 """
 
@@ -177,7 +179,7 @@ class VAEVDM(Method):
         if not self.kl_control.is_plain:
             terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
         loss = terms["recon"] + terms["prior"] + terms["diffusion"] + kl_train
-        if self.aux_weight > 0:  # seed 001 eq. 2 on the same w; the schedule gets no gradient
+        if self.aux_weight > 0:  # seed 001 eq. 2; the decoder's schedule gets no gradient
             code = mean if self.aux_code == "mean" else w
             part = self.aux_diffusion or self.diffusion
             terms["aux"] = O.denoising_loss(
@@ -198,8 +200,8 @@ class VAEVDM(Method):
 
         With a `view`, q(w | x) is the encoder of a random view of x, as in training: for each
         view v, q(w | v(x)) gives a bound, so their average is one. The decoder has only seen
-        codes of views; codes of x itself (never resampled) cost it ~125 nats per MNIST image
-        (a run of benchmarks/vae_vdm_collapse.py's `drl-aux` kind).
+        codes of views; codes of x itself (never resampled) cost a trained one ~125 nats per
+        MNIST image (README, VAE-VDM).
         """
         terms = self._terms(x0, generator, x_enc=self._view_for_bound(x0))[0]
         terms["total"] = terms["recon"] + terms["prior"] + terms["diffusion"] + terms["kl"]
