@@ -18,10 +18,10 @@ Posterior collapse (the poster: "encoder KL divergence falls to 0") and its miti
   aux_weight * lambda(t) ||eps - eps_hat(x_t, t, c)||^2 with `aux_weighting` (default
   "high-noise") and c the posterior mean (`aux_code: mean`, the representation the probes
   read; "sample": the w of the bound), through the decoder or, with `aux_unet`, a U-Net of its
-  own (then the decoder is trained by the bound alone). The ELBO weights the high-noise steps, where a code
-  that names the digit helps most, by gamma'(t) / 2 ~ 0, so under the ELBO alone a semantic
-  code earns almost nothing; the extra term pays for it there. With a `view`, this made
-  the code semantic on MNIST (README). A training term only: `elbo()` is the bound of the
+  own (then the decoder is trained by the bound alone). The ELBO weights the high-noise steps,
+  where a code that names the digit helps most, by gamma'(t) / 2 ~ 0, so under the ELBO alone
+  a semantic code earns almost nothing; the extra term pays for it there. With a `view`, this
+  made the code semantic on MNIST (README). A training term only: `elbo()` is the bound of the
   same q and decoder, whatever trained them.
 `diffrep.eval.collapse` measures how much the decoder uses w (the shuffle test).
 """
