@@ -80,6 +80,24 @@ def test_resume_continues_to_more_steps(run_dir, tmp_path):
     assert rows[-1]["step"] == 40
 
 
+def test_the_printed_resume_command_resumes_a_run_made_with_overrides(run_dir, tmp_path):
+    import shlex
+    import shutil
+
+    from diffrep.cli import resume_command
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert (
+        resume_command("configs/vae-digits.yaml", copy, []).split()[2] == "configs/vae-digits.yaml"
+    )
+    argv = shlex.split(resume_command("configs/vae-digits.yaml", copy, TINY))[1:]
+    assert argv[1] == str(copy / "config.yaml")  # the run's own settings, overrides included
+    assert main([*argv, "--set", "train.steps=40"]) == 0
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 40
+
+
 def test_eval_sample_and_corrupt_checkpoint(run_dir, tmp_path, capsys):
     sets = ["--set", "eval.metrics=[likelihood, probe]", "--set", "eval.iw_samples=4",
             "--set", "eval.max_eval=100", "--set", "eval.few_label_sizes=[10]"]  # fmt: skip

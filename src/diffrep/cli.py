@@ -188,6 +188,13 @@ def _device(name: str | None) -> str:
     return name
 
 
+def resume_command(config: str, out: Path, overrides: list[str]) -> str:
+    """The command that continues an interrupted run. With --set overrides, the run's own
+    config.yaml (it holds them; the original file without them would not match the run)."""
+    source = Path(out) / "config.yaml" if overrides else config
+    return f"diffrep train {source} --out {out} --resume"
+
+
 def cmd_train(args) -> int:
     from diffrep.config import load_config
     from diffrep.runs import train_from_config
@@ -203,7 +210,7 @@ def cmd_train(args) -> int:
     if summary.get("interrupted"):
         _say(
             f"interrupted at step {summary['step']} of {cfg.train.steps}; continue with: "
-            f"diffrep train {args.config} --out {out} --resume"
+            + resume_command(args.config, out, args.set)
         )
         return EXIT_INTERRUPTED
     _say("done: " + ", ".join(f"{k}={_fmt(v)}" for k, v in summary.items()))
