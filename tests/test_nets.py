@@ -280,3 +280,45 @@ def test_upsample_nearest_is_interpolate_bit_for_bit(shape, size):
     assert torch.equal(upsample_nearest(h, size), F.interpolate(h, size=size, mode="nearest"))
     cl = h.to(memory_format=torch.channels_last)
     assert torch.equal(upsample_nearest(cl, size), F.interpolate(cl, size=size, mode="nearest"))
+
+
+@pytest.mark.parametrize(
+    "shape, size", [((3, 5, 7, 7), (14, 14)), ((2, 4, 4, 3), (8, 6)), ((2, 3, 7, 7), (13, 13))]
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_upconv_is_nearest_upsample_then_conv(shape, size, bias):
+    """UpConv = nearest upsample to `size`, then its 3x3 conv. Outside autograd an exact 2x runs
+    as a folded sub-pixel conv: equal to float64 rounding. With autograd, the literal form."""
+    import torch.nn.functional as F
+
+    from diffrep.nets.layers import UpConv
+
+    torch.manual_seed(0)
+    conv = UpConv(shape[1], 6, bias=bias).double()
+    h = torch.randn(shape, dtype=torch.float64)
+    want = F.conv2d(F.interpolate(h, size=size, mode="nearest"), conv.weight, conv.bias, padding=1)
+    with torch.no_grad():
+        fast = conv(h, size)
+    assert fast.shape == want.shape == (shape[0], 6, *size)
+    assert torch.allclose(fast, want, rtol=0, atol=1e-12)
+    assert torch.equal(conv(h, size), want)  # training: the same ops, bit for bit
+    assert sorted(conv.state_dict()) == (["bias", "weight"] if bias else ["weight"])
+
+
+@pytest.mark.parametrize("h_shape", [(5, 6), (5, 6, 3, 4)])
+def test_film_projects_a_shared_embedding_once(h_shape):
+    """A sampler's time embedding is one row expanded (stride 0): FiLM projects that row once
+    and broadcasts, giving exactly h * (1 + scale) + shift of that row; a batch of copies
+    (projected row by row) agrees to float rounding."""
+    film = FiLM(7, 6)
+    torch.nn.init.normal_(film.proj.weight)
+    torch.nn.init.normal_(film.proj.bias)
+    h, row = torch.randn(h_shape), torch.randn(1, 7)
+    shared = row.expand(5, -1)
+    assert shared.stride(0) == 0
+    out = film(h, shared)
+    scale, shift = film.proj(row).reshape(1, 2, 6, *(1,) * (len(h_shape) - 2)).unbind(1)
+    assert torch.equal(out, h * (1 + scale) + shift)
+    assert torch.allclose(out, film(h, shared.contiguous()), atol=1e-5)
+    out.sum().backward()  # gradients flow through the one-row path
+    assert film.proj.weight.grad.abs().sum() > 0

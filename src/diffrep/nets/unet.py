@@ -49,6 +49,7 @@ from diffrep.nets.layers import (
     CondEmbedding,
     ResBlock,
     TimeEmbedding,
+    UpConv,
     group_norm,
     time_and_code_embedding,
     upsample_nearest,
@@ -269,8 +270,9 @@ class UpPath(nn.Module):
                 c = chans[i]
             self.blocks.append(blocks)
             if i > 0 and resize[i - 1]:
-                c_next = chans[i - 1] if upsample == "thin" else c
-                self.resample.append(nn.Conv2d(c, c_next, 3, padding=1))
+                thin = upsample == "thin"
+                c_next = chans[i - 1] if thin else c
+                self.resample.append(nn.Conv2d(c, c_next, 3, padding=1) if thin else UpConv(c, c))
                 c = c_next
             else:
                 self.resample.append(nn.Identity())
@@ -287,7 +289,7 @@ class UpPath(nn.Module):
             grow = h.shape[-2:] != shapes[i - 1]
             if self.mode == "wide":  # DDPM/ADM: repeat pixels, then convolve at the new size
                 if grow:
-                    h = self.resample[k](upsample_nearest(h, shapes[i - 1]))
+                    h = self.resample[k](h, shapes[i - 1])
             else:  # convolve at the low resolution (always: it sets the next level's width)
                 h = self.resample[k](h)
                 h = upsample_nearest(h, shapes[i - 1]) if grow else h
