@@ -45,20 +45,17 @@ def run(quick: bool, device: torch.device) -> dict:
         prior_args={"T": 200, "hidden": 128, "depth": 2},
     ).to(device).eval()  # fmt: skip
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    # The latent side is ~100x cheaper: each of its timings is the mean of `inner` calls, after
-    # one warm-up call (the first builds the conv primitives), so that a burst of load from a
-    # neighbour on a 0.1 s call does not decide the ratio. The pixel side (seconds a call) is
-    # not warmed: a warm-up would double the benchmark's time and its first call is not slower.
-    inner = 5
+    # The latent side is ~100x cheaper: it gets one warm-up call (the first builds the conv
+    # primitives) and 5 timed calls at each turn, so its median is over 5x the samples and a
+    # burst of load from a neighbour on one 0.1 s call does not decide the ratio. The pixel side
+    # (seconds a call) is not warmed: that would double the benchmark's time.
     for sampler, steps in (("ancestral", 200), ("ddim", 50)):
-        latent = lambda s=sampler, k=steps: vae.sample(n, g(), sampler=s, steps=k)  # noqa: E731
-        latent()
         fns = {
             "pixel vdm": lambda s=sampler, k=steps: vdm.sample(n, g(), sampler=s, steps=k),
-            "latent vae": lambda f=latent: [f() for _ in range(inner)],
+            "latent vae": lambda s=sampler, k=steps: vae.sample(n, g(), sampler=s, steps=k),
         }
-        sec = H.interleaved(fns, device, reps=2 if quick else 3, warmup=0)
-        sec["latent vae"] /= inner
+        fns["latent vae"]()
+        sec = H.interleaved(fns, device, reps=2 if quick else 3, warmup=0, inner={"latent vae": 5})
         for k, v in sec.items():
             rec["rows"].append(
                 {"compare": "pixel vs latent", "sampler": sampler, "steps": steps,

@@ -70,8 +70,15 @@ def interleaved(
     *,
     reps: int = 5,
     warmup: int = 1,
+    inner: dict[str, int] | None = None,
 ) -> dict[str, float]:
-    """Median seconds per call of each fn, timed in alternation (A B A B ...) after warm-up."""
+    """Median seconds per call of each fn, timed in alternation (A B A B ...) after warm-up.
+
+    inner[name] = k calls fn k times in a row at each turn, each call timed on its own: a fn
+    far cheaper than the others gets k times the samples for its median at little cost, so a
+    burst of load from a neighbour on one short call does not decide a ratio.
+    """
+    inner = inner or {}
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -79,11 +86,12 @@ def interleaved(
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(inner.get(name, 1)):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

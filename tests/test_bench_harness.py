@@ -25,6 +25,24 @@ def test_interleaved_times_each_function_in_alternation():
     assert all(v >= 0 for v in sec.values())
 
 
+def test_interleaved_inner_calls_are_timed_one_by_one():
+    """inner={"b": 3}: b runs 3 times at each turn and its median is over every call, so one
+    slow call in each turn (a neighbour's burst) does not move it."""
+    import time
+
+    calls = []
+
+    def b():
+        calls.append("b")
+        if calls[-2:] == ["a", "b"]:  # the first b of each turn is slow
+            time.sleep(0.05)
+
+    sec = H.interleaved({"a": lambda: calls.append("a"), "b": b}, torch.device("cpu"),
+                        reps=2, warmup=0, inner={"b": 3})  # fmt: skip
+    assert calls == ["a", "b", "b", "b"] * 2
+    assert sec["b"] < 0.01  # a mean of each turn's calls would be about 0.017
+
+
 def test_record_table_json_and_page(tmp_path):
     rec = H.record("toy", "a vs b", torch.device("cpu"))
     rec["rows"] = [{"impl": "a", "seconds": 1.25}, {"impl": "b", "seconds": 2.5, "extra": 3}]
