@@ -5,9 +5,9 @@ equal steps, and diffrep's DDIM loop against diffusers' DDIMScheduler loop aroun
    `diffusion` prior (T = 200, the README's CPU setting) over a 16-dim z, both untrained (speed
    does not depend on the weights), sampling the same 128 images with ancestral steps over the
    prior's whole chain (200) and with DDIM-50, the same step count for both. The VAE's time
-   includes decoding z to images: one decoder pass costs about half a U-Net step per image, so
-   the ratio grows with the step count towards (U-Net step) / (prior step) and is smallest for
-   few steps.
+   includes decoding z to images: one decoder pass costs about a third of a U-Net step (its
+   upsampling convs run as folded transposed convs, `nets.layers.UpConv`), so the ratio grows
+   with the step count towards (U-Net step) / (prior step) and is smallest for few steps.
 2. Sampler overhead: the same U-Net (a `ddpm`'s, T = 1000) sampled with 50 DDIM steps by
    `diffrep.diffusion.samplers.ddim` and by a loop around diffusers' DDIMScheduler.step: the
    network calls are identical, so the ratio is the cost of the sampler code itself.
