@@ -119,6 +119,20 @@ def test_eval_sample_and_corrupt_checkpoint(run_dir, tmp_path, capsys):
     assert "checkpoint" in _error(capsys, ["sample", str(broken), "-n", "2", "--out", str(png)])
 
 
+def test_sample_writes_beside_the_run_by_default(run_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(["sample", str(run), "-n", "4"]) == 0
+    assert (run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(cwd.iterdir()) == []  # nothing left where the command was typed
+    assert str(run / "samples.png") in capsys.readouterr().err
+
+
 def test_fit_prior_makes_a_two_stage_run_that_eval_and_sample_use(run_dir, tmp_path, capsys):
     from diffrep.runs import load_run
 

@@ -22,7 +22,7 @@ from diffrep.errors import Interrupted, UserError
 EPILOG = """examples:
   diffrep train configs/vae-digits.yaml --out runs/vae
   diffrep eval runs/vae && diffrep report runs/vae
-  diffrep sample runs/vae -n 64 --out samples.png
+  diffrep sample runs/vae -n 64                  # -> runs/vae/samples.png
   diffrep compare runs/vae runs/vdm --csv table.csv
   diffrep fit-prior runs/vae --prior flow        # two-stage prior -> runs/vae-flow
   diffrep data list
@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a trained run into a PNG grid", parents=th)
     s.add_argument("run_dir")
     s.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    s.add_argument("--out", default="samples.png", help="PNG file (default samples.png)")
+    s.add_argument("--out", help="PNG file (default RUN_DIR/samples.png)")
     s.add_argument("--sampler", help="diffusion sampler: ancestral, ddim, ode (where it applies)")
     s.add_argument("--steps", type=int, help="number of sampling steps (diffusion methods)")
     s.add_argument("--seed", type=int, default=0)
@@ -279,7 +279,9 @@ def cmd_sample(args) -> int:
 
     if args.n < 1:
         raise UserError("-n must be at least 1")
-    out = check_output_file(args.out, (".png",), what="--out")
+    # beside the run by default: a grid from one run should not land in whatever folder the
+    # command happened to be typed in (or overwrite another run's there)
+    out = check_output_file(args.out or Path(args.run_dir) / "samples.png", (".png",), what="--out")
     device = _device(args.device)
     method, cfg = load_run(args.run_dir, device=device)
     if not method.can("sample"):
@@ -296,7 +298,7 @@ def cmd_sample(args) -> int:
     x = method.sample(args.n, generator=gen, **kw)
     images = to_uint8(x.cpu()).numpy()
     atomic.write_bytes(out, image_grid(images, nrow=max(1, math.isqrt(args.n - 1) + 1)))
-    _say(f"wrote {args.n} samples to {args.out}")
+    _say(f"wrote {args.n} samples to {out}")
     return 0
 
 
