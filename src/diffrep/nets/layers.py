@@ -7,6 +7,7 @@ sinusoidal features (as DDPM/VDM do with t * 1000), so inputs of order one are r
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -187,17 +188,18 @@ def upsample_nearest(h: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(h, size=tuple(size), mode="nearest")
 
 
-def _transposed_taps(ref: torch.Tensor) -> torch.Tensor:
+@functools.cache
+def _transposed_taps(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """T [4, 3]: how a 3x3 kernel applied after nearest-2x upsampling becomes the 4 taps of a
     stride-2 transposed conv (padding 1). Upsampled row 2i + a + d - 1 (tap d) is low-resolution
     row i + (a + d - 1) // 2; the transposed conv's tap k writes output row 2i + a from low row
-    i + (a + 1 - k) / 2 with a = 1 - k % 2. T[k, d] = 1 where the two name the same low row."""
-    m = torch.zeros(4, 3, dtype=ref.dtype, device=ref.device)
+    i + (a + 1 - k) / 2 with a = 1 - k % 2. T[k, d] = 1 where the two name the same low row.
+    Built once per dtype and device (a constant; no per-element writes to a GPU)."""
+    rows = []
     for k in range(4):
         a = 1 - k % 2
-        for d in range(3):
-            m[k, d] = float((a + d - 1) // 2 == (a + 1 - k) // 2)
-    return m
+        rows.append([float((a + d - 1) // 2 == (a + 1 - k) // 2) for d in range(3)])
+    return torch.tensor(rows, dtype=dtype, device=device)
 
 
 class UpConv(nn.Conv2d):
@@ -218,7 +220,7 @@ class UpConv(nn.Conv2d):
         _, _, hh, ww = h.shape
         if torch.is_grad_enabled() or tuple(size) != (2 * hh, 2 * ww):
             return super().forward(upsample_nearest(h, size))
-        m = _transposed_taps(self.weight)
+        m = _transposed_taps(self.weight.dtype, self.weight.device)
         w = torch.einsum("kd,le,oide->iokl", m, m, self.weight)  # [C_in, C_out, 4, 4]
         return F.conv_transpose2d(h, w.contiguous(), self.bias, stride=2, padding=1)
 
