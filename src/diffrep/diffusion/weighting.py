@@ -169,5 +169,12 @@ def sample_t(
     Drawn on the generator's device (so a CPU generator reproduces on any device), then moved.
     """
     gdev = generator.device if generator is not None else device
-    t = TIME_SAMPLERS.build(kind, B, generator, gdev, **options)
+    # the losses call this every step without options: then there is nothing to check, and the
+    # check (it reads type hints) would cost each step and split a torch.compile graph
+    sampler = TIME_SAMPLERS.get(kind)
+    t = (
+        TIME_SAMPLERS.build(kind, B, generator, gdev, **options)
+        if options
+        else sampler(B, generator, gdev)
+    )
     return t.to(device) if device is not None else t

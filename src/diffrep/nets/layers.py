@@ -77,7 +77,9 @@ def time_and_code_embedding(net: nn.Module, t: torch.Tensor, cond, x: torch.Tens
     # embed it once and expand; FiLM sees the stride-0 batch and projects one row too.
     # (a sampler's t is one value expanded, stride 0: known shared without comparing values)
     shared = t.numel() == 1 or t.stride(0) == 0
-    shared = shared or (t.device.type == "cpu" and B > 1 and bool((t == t[0]).all()))
+    # (not under torch.compile: reading values there is a host sync that splits the graph)
+    eager_cpu = t.device.type == "cpu" and not torch.compiler.is_compiling()
+    shared = shared or (eager_cpu and B > 1 and bool((t == t[0]).all()))
     emb = net.time_embed(t[:1]).expand(B, -1) if shared else net.time_embed(t)
     if net.cond_dim is None:
         return emb
