@@ -133,6 +133,25 @@ def test_variational_adds_exactly_the_analytic_kl():
     torch.testing.assert_close(m.encode(x0), mean)  # the code is the posterior mean
 
 
+def test_vdrl_bound_with_a_view_encodes_a_view_as_training_did():
+    from diffrep.diffusion import objectives as O
+
+    view = {"shift": 1, "rotate": 10}
+    m = _wake(_drl(variational=True, view=view)).eval()
+    x0 = _x0()
+    torch.manual_seed(5)
+    e = m.elbo(x0)
+    torch.manual_seed(5)  # replay: the view, then the code, then the bound's own draws
+    x_view = m.view(x0)
+    z, kl = m._code(x_view)
+    ref = O.vdm_elbo(m.denoiser_for(x_view, z), m.diffusion.schedule, x0)
+    torch.testing.assert_close(e["total"], ref["total"] + kl.sum(1))
+    assert not torch.equal(x_view, x0)
+    torch.manual_seed(5)
+    z0, kl0 = m._code(x0)  # x itself: another (valid) q, another value
+    assert not torch.allclose(kl.sum(1), kl0.sum(1))
+
+
 def test_time_dependent_encoder_sees_each_examples_t():
     m = _wake(_drl(time_dependent=True, encode_t=0.3)).eval()
     assert m.encode_takes_t and not _drl().encode_takes_t

@@ -176,9 +176,15 @@ class DRL(Method):
 
     @torch.no_grad()
     def elbo(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
-        """VDM's -ELBO of x0 given the code (+ the KL for VDRL: then a bound on -log p(x))."""
-        z, kl = (None, None) if self.time_dependent else self._code(x0)
-        terms = O.vdm_elbo(self.denoiser_for(x0, z), self.diffusion.schedule, x0)
+        """VDM's -ELBO of x0 given the code (+ the KL for VDRL: then a bound on -log p(x)).
+
+        VDRL with a `view` encodes a random view of x0 (global RNG), as training did: q(z | v(x0))
+        bounds -log p(x0) for each view v, and the denoiser has only seen codes of views (as in
+        vae_vdm). The deterministic code stays E(x0), the representation.
+        """
+        x_enc = self.view(x0) if self.variational else x0
+        z, kl = (None, None) if self.time_dependent else self._code(x_enc)
+        terms = O.vdm_elbo(self.denoiser_for(x_enc, z), self.diffusion.schedule, x0)
         if kl is not None:
             terms["kl"] = kl.sum(1)
             terms["total"] = terms["total"] + terms["kl"]
