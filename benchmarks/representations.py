@@ -14,8 +14,10 @@ spatial map, and in training the encoder sees a random view of x0, shifted, turn
 drl-no-view (the same without the view: eq. 2 as in the seed), drl-simple (the seed's lambda =
 sigma^2), drl-low-noise (sigmoid(-gamma): with drl, the granularity pair), drl variational
 (eq. 3), drl time-dependent (eq. 4, probed at the t with the best validation accuracy and at a
-fixed t), vae, dae (and vae_vdm when registered), all with the same code size and encoder width.
-The drl-* rows other than drl-no-view share drl's view.
+fixed t), vae, dae, vae_vdm (seed 000, beta = 1, no mitigation) and vae_vdm-aux (vae_vdm_collapse's
+`drl-aux` mitigation: free bits, the encoder at 0.2 of the learning rate on drl's view, and a DRL
+term on the posterior mean through its own U-Net), all with the same code size and encoder
+width. The drl-* rows other than drl-no-view share drl's view.
 
 Granularity: linear probe and reconstruction error (the code fixed, x_T ~ N(0, I), DDIM; mean
 squared error in [0, 1] units) of the high- and low-noise codes, and where along t each code
@@ -54,7 +56,7 @@ import torch  # noqa: E402
 ROWS = (
     "drl", "drl-no-view", "drl-simple", "drl-low-noise", "drl-variational", "drl-time", "vae", "dae"
 )  # fmt: skip
-OPTIONAL_ROWS = ("vae_vdm",)  # run when the method is registered
+OPTIONAL_ROWS = ("vae_vdm", "vae_vdm-aux")  # run when the method is registered
 
 
 DEFAULT_VIEW = "shift=2,rotate=15,scale=0.15"
@@ -151,16 +153,28 @@ def row_spec(name: str, args) -> tuple[str, dict]:
     # vae_vdm (another helper's method): the same sizes under whichever names it takes
     from diffrep.methods import METHODS
 
-    params = inspect.signature(METHODS.get(name)).parameters
+    method = name.split("-")[0]
+    params = inspect.signature(METHODS.get(method)).parameters
     wanted = {"latent_dim": z, "code_dim": z, "width": w, "encoder_width": w, "unet": unet}
     wanted["sample_steps"] = args.sample_steps
-    return name, {k: v for k, v in wanted.items() if k in params}
+    margs = {k: v for k, v in wanted.items() if k in params}
+    if name == "vae_vdm-aux":  # the collapse benchmark's mitigation, on this table's sizes
+        margs.update(_vae_vdm_aux(), view=args.view or _vae_vdm_aux()["view"])
+    return method, margs
+
+
+def _vae_vdm_aux() -> dict:
+    """vae_vdm_collapse.py's `drl-aux` settings but its decoder (the U-Net here is this table's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from vae_vdm_collapse import DRL_AUX
+
+    return {k: v for k, v in DRL_AUX.items() if k != "unet"}
 
 
 def selected_rows(args) -> list[str]:
     from diffrep.methods import METHODS
 
-    rows = list(ROWS) + [r for r in OPTIONAL_ROWS if r in METHODS]
+    rows = list(ROWS) + [r for r in OPTIONAL_ROWS if r.split("-")[0] in METHODS]
     if args.rows:
         unknown = set(args.rows) - set(ROWS) - set(OPTIONAL_ROWS)
         if unknown:

@@ -79,3 +79,17 @@ def test_every_vae_vdm_collapse_run_is_a_valid_config_that_builds():
     assert aux["kl_warmup_steps"] == 0 and aux["aux_weight"] > 0 and aux["view"]
     assert aux["unet"]["cond_map"] and aux["unet"]["base_channels"] == 16  # on the config's
     assert bench.run_config("cond-map", 400).method_args["kl_warmup_steps"] == 100
+
+
+def test_representations_vae_vdm_aux_row_is_drl_aux_at_this_tables_sizes():
+    from diffrep.methods import build_method
+
+    bench = _module("representations")
+    args = bench.parse_args([])
+    method, margs = bench.row_spec("vae_vdm-aux", args)
+    assert method == "vae_vdm" and margs["latent_dim"] == args.code_dim
+    assert margs["aux_weight"] > 0 and margs["aux_unet"] and margs["view"] == args.view
+    assert margs["unet"] == bench.row_spec("vae_vdm", args)[1]["unet"]  # the table's U-Net
+    assert "aux_weight" not in bench.row_spec("vae_vdm", args)[1]
+    build_method(method, (1, 28, 28), **margs)  # a bad argument raises
+    assert {"vae_vdm", "vae_vdm-aux"} <= set(bench.selected_rows(args))
