@@ -45,6 +45,15 @@ def test_no_shift_is_the_identity_and_the_generator_decides():
     assert torch.equal(a, b)
 
 
+def test_encoder_input_is_a_view_in_training_and_x0_itself_in_eval():
+    x0 = torch.rand(8, 1, 6, 6, generator=torch.Generator().manual_seed(3))
+    v = RandomView(shift=1)
+    assert v.encoder_input(x0, training=False, generator=torch.Generator()) is x0
+    seen = v.encoder_input(x0, training=True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(seen, random_translate(x0, 1, torch.Generator().manual_seed(5)))
+    assert not torch.equal(seen, x0)
+
+
 def encoder_inputs(method, x0: torch.Tensor, seed: int = 0) -> list[torch.Tensor]:
     """What `method.encoder` saw during method.loss({"x0": x0}) with torch's RNG at `seed`."""
     seen = []

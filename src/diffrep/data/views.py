@@ -4,8 +4,9 @@ An encoder that sees x0 shifted by a random few pixels, while the denoiser it co
 restore the *unshifted* x0, cannot put the exact position in its code: the denoiser has to read
 the position from x_t, and the code keeps what survives the shift (the digit, its style). This is
 the novel-view bottleneck of SODA (Hudson et al. 2024, "SODA: Bottleneck diffusion models for
-representation learning"), with translations, rotations and scalings as the views. Training
-only: codes are read from x0 itself.
+representation learning"), with translations, rotations and scalings as the views. Views are
+for training, and for the bounds of methods whose encoder was trained on them (a bound with
+q(z | v(x0)) is a bound for every v); a representation, `encode(x0)`, reads x0 itself.
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ class RandomView:
 
     def __bool__(self) -> bool:
         return bool(self.shift or self.rotate or self.scale)
+
+    def encoder_input(
+        self, x0: torch.Tensor, training: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """What an encoder sees in a method's loss: a random view of x0 in training, x0 itself
+        in eval() mode (the target of the denoiser is x0 either way)."""
+        return self(x0, generator) if training else x0
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not (self.rotate or self.scale):

@@ -150,7 +150,7 @@ class DRL(Method):
 
     def _terms(self, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
         # the encoder's view of x0 (random in training when `view` is set); the target is x0
-        x_enc = self.view(x0, generator) if self.training else x0
+        x_enc = self.view.encoder_input(x0, self.training, generator)
         z, kl = (None, None) if self.time_dependent else self._code(x_enc)
         out = O.denoising_loss(
             self.denoiser_for(x_enc, z),

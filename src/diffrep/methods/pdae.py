@@ -181,7 +181,7 @@ class PDAE(Method):
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
-        z = self.encoder(self.view(x0) if self.training else x0)  # the target stays x0
+        z = self.encoder(self.view.encoder_input(x0, self.training))  # the target stays x0
         out = denoising_loss(
             self.denoiser, self.schedule, x0, cond=z, weighting=self.weighting,
             T=self.T,

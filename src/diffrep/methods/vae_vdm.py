@@ -174,7 +174,8 @@ class VAEVDM(Method):
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
-        terms, kl_dims, w, mean = self._terms(x0, x_enc=self.view(x0) if self.training else None)
+        x_enc = self.view.encoder_input(x0, self.training)
+        terms, kl_dims, w, mean = self._terms(x0, x_enc=x_enc)
         kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
         if not self.kl_control.is_plain:
             terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
