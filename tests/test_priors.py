@@ -71,6 +71,31 @@ def test_gaussian_kl_matches_monte_carlo_and_entropy_closed_form():
     assert abs(-log_q.mean().item() - entropy) < 4 * log_q.std().item() / math.sqrt(n)
 
 
+def test_kl_terms_are_analytic_where_they_can_be_else_a_single_sample_estimate():
+    """Prior.kl_terms, what vae and vae_vdm put in their ELBO: the closed form for the Gaussian
+    prior; for a prior without one, log q(z|x) + nll(z), whose mean is the same closed form."""
+    from diffrep.priors.base import Prior
+
+    p = build_prior("gaussian", 4)
+    mean = torch.tensor([[0.5, -1.0, 2.0, 0.0]])
+    logvar = torch.tensor([[-1.0, 0.5, 0.0, -3.0]])
+    kl, dims, own = p.kl_terms(torch.zeros(1, 4), mean, logvar)
+    assert torch.equal(dims, p.kl_per_dim(mean, logvar)) and torch.equal(kl, dims.sum(-1))
+    assert own == {} and abs(kl.item() - 3.9082) < 1e-3
+
+    class NoClosedForm(type(p)):  # the same density, its KL only by sampling
+        kl, kl_per_dim = Prior.kl, Prior.kl_per_dim
+
+    n = 200_000
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(n, 4)
+    mc, dims, own = NoClosedForm(4).kl_terms(z, mean.expand(n, 4), logvar.expand(n, 4))
+    assert dims is None and own == {} and mc.shape == (n,)
+    assert abs(mc.mean().item() - 3.9082) < 4 * mc.std().item() / math.sqrt(n)
+    diffusion = build_prior("diffusion", 4, T=50, hidden=16, depth=1)
+    _, dims, own = diffusion.kl_terms(z[:8], mean.expand(8, 4), logvar.expand(8, 4))
+    assert dims is None and set(own) == {"L_T", "diffusion", "L_0"}  # named in the loss's terms
+
+
 def test_gaussian_sample_uses_generator():
     p = build_prior("gaussian", 3)
     a = p.sample(4, torch.Generator().manual_seed(1))

@@ -17,6 +17,7 @@ Usage (vae, vae_vdm, drl):
     self.kl_control = KLControl(beta=beta, warmup_steps=kl_warmup_steps, free_bits=free_bits)
     def on_step(self, step, total_steps): self.kl_control.on_step(step)
     loss = recon + self.kl_control.weight(kl_per_dim)      # kl_per_dim [B, Z] -> [B]
+    loss = recon + self.kl_control.loss_term(terms, kl_dims)  # the same, from Prior.kl_terms
 
 `weight` also takes a total KL [B] (a prior with no per-dimension split, e.g. a flow or a
 diffusion prior, whose KL is a single-sample estimate of the whole): warm-up and beta apply,
@@ -95,6 +96,14 @@ class KLControl:
             return kl_per_dim
         active = kl_per_dim.detach().mean(0, keepdim=True) >= self.free_bits  # [1, Z]
         return torch.where(active, kl_per_dim, torch.full_like(kl_per_dim, self.free_bits))
+
+    def loss_term(self, terms: dict, kl_dims: torch.Tensor | None) -> torch.Tensor:
+        """The loss's KL term [B]: `weight` of the KL per dimension when there is one, else of
+        terms["kl"]; kept as terms["kl_train"] when it is not plain beta * KL (for the logs)."""
+        kl_train = self.weight(kl_dims if kl_dims is not None else terms["kl"])
+        if not self.is_plain:
+            terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
+        return kl_train
 
     def weight(self, kl: torch.Tensor) -> torch.Tensor:
         """The training KL term [B]: beta_t * sum_j floored(KL)_bj for kl [B, Z] (per dimension),

@@ -18,7 +18,6 @@ import torch
 from diffrep.distributions import (
     LIKELIHOOD_CHANNELS,
     Likelihood,
-    gaussian_log_prob,
     pixel_log_prob,
     pixel_mean,
     reparameterise,
@@ -113,23 +112,15 @@ class VAE(Method):
         """({"recon", "kl", ...} [B], the KL per dimension [B, Z] or None)."""
         mean, logvar = self.posterior(x0)
         z = reparameterise(mean, logvar)
-        recon = -self.log_likelihood(x0, z)  # [B]
-        kl_dims = self.prior.kl_per_dim(mean, logvar)  # [B, Z] or None
-        kl = kl_dims.sum(-1) if kl_dims is not None else self.prior.kl(mean, logvar)
-        terms: dict[str, torch.Tensor] = {"recon": recon}
-        if kl is None:  # single-sample KL estimate against a learned prior (seed 004 eq. 18)
-            prior_terms = self.prior.nll_terms(z)
-            kl = gaussian_log_prob(z, mean, logvar) + prior_terms["total"]
-            terms.update({f"prior_{k}": v for k, v in prior_terms.items() if k != "total"})
+        terms: dict[str, torch.Tensor] = {"recon": -self.log_likelihood(x0, z)}  # [B]
+        kl, kl_dims, own = self.prior.kl_terms(z, mean, logvar)  # seed 004 eq. 18 if no closed form
+        terms.update({f"prior_{k}": v for k, v in own.items()})
         terms["kl"] = kl
         return terms, kl_dims
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         terms, kl_dims = self._terms(batch["x0"])
-        kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
-        if not self.kl_control.is_plain:
-            terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
-        terms["loss"] = terms["recon"] + kl_train
+        terms["loss"] = terms["recon"] + self.kl_control.loss_term(terms, kl_dims)
         return terms
 
     @torch.no_grad()

@@ -163,22 +163,15 @@ class VAEVDM(Method):
         w = reparameterise(mean, logvar)  # [B, Z]
         terms = self.diffusion.vdm_elbo(x0, cond=w, generator=generator, **self.vdm_options)
         terms.pop("total")  # recon + prior + diffusion: L_VDM(x | w)
-        kl_dims = self.prior.kl_per_dim(mean, logvar)  # [B, Z] or None
-        if kl_dims is not None:
-            terms["kl"] = kl_dims.sum(-1)
-        else:  # single-sample estimate against a learned prior
-            prior_terms = self.prior.nll_terms(w)
-            terms["kl"] = gaussian_log_prob(w, mean, logvar) + prior_terms["total"]
-            terms.update({f"w_prior_{k}": v for k, v in prior_terms.items() if k != "total"})
+        terms["kl"], kl_dims, own = self.prior.kl_terms(w, mean, logvar)
+        terms.update({f"w_prior_{k}": v for k, v in own.items()})  # ("prior" is the VDM's)
         return terms, kl_dims, w, mean
 
     def loss(self, batch: Batch) -> dict[str, torch.Tensor]:
         x0 = batch["x0"]
         x_enc = self.view.encoder_input(x0, self.training)
         terms, kl_dims, w, mean = self._terms(x0, x_enc=x_enc)
-        kl_train = self.kl_control.weight(kl_dims if kl_dims is not None else terms["kl"])
-        if not self.kl_control.is_plain:
-            terms["kl_train"] = kl_train  # what the loss uses: warmed-up, floored
+        kl_train = self.kl_control.loss_term(terms, kl_dims)
         loss = terms["recon"] + terms["prior"] + terms["diffusion"] + kl_train
         if self.aux_weight > 0:  # seed 001 eq. 2; the decoder's schedule gets no gradient
             code = mean if self.aux_code == "mean" else w

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from diffrep.distributions import gaussian_log_prob
 from diffrep.registry import Registry
 
 PRIORS: Registry[Prior] = Registry("prior")
@@ -74,6 +75,25 @@ class Prior(nn.Module):
     @property
     def has_kl_per_dim(self) -> bool:
         return type(self).kl_per_dim is not Prior.kl_per_dim
+
+    def kl_terms(self, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor):
+        """KL(q(z|x) || p(z)) for q = N(mean, diag(exp(logvar))) and z ~ q, all [B, Z]:
+        (kl [B], kl per dimension [B, Z] or None, the prior's own terms {name: [B]}).
+
+        Analytic where the prior has it; otherwise the single-sample estimate
+        log q(z|x) - log p(z) = log q(z|x) + nll_terms(z)["total"] (seed 004 eq. 18), whose
+        expectation is the KL (an upper bound on it for a bound-valued prior), so an ELBO built
+        on it stays a bound. The prior's terms are then its other entries (e.g. L_T, L_0).
+        """
+        kl_dims = self.kl_per_dim(mean, logvar)
+        if kl_dims is not None:
+            return kl_dims.sum(-1), kl_dims, {}
+        kl = self.kl(mean, logvar)
+        if kl is not None:
+            return kl, None, {}
+        nll = self.nll_terms(z)
+        own = {k: v for k, v in nll.items() if k != "total"}
+        return gaussian_log_prob(z, mean, logvar) + nll["total"], None, own
 
     def check_latent(self, z: torch.Tensor) -> None:
         if z.dim() != 2 or z.shape[1] != self.dim:
