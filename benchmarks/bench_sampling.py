@@ -7,7 +7,9 @@ equal steps, and diffrep's DDIM loop against diffusers' DDIMScheduler loop aroun
    prior's whole chain (200) and with DDIM-50, the same step count for both. The VAE's time
    includes decoding z to images: one decoder pass costs about a third of a U-Net step (its
    upsampling convs run as folded transposed convs, `nets.layers.UpConv`), so the ratio grows
-   with the step count towards (U-Net step) / (prior step) and is smallest for few steps.
+   with the step count towards (U-Net step) / (prior step) and is smallest for few steps. The
+   U-Net step, the decoder pass and the prior's 50 DDIM steps are also timed apart, in turns,
+   and the note says what ratio they predict at DDIM-50.
 2. Sampler overhead: the same U-Net (a `ddpm`'s, T = 1000) sampled with 50 DDIM steps by
    `diffrep.diffusion.samplers.ddim` and by a loop around diffusers' DDIMScheduler.step: the
    network calls are identical, so the ratio is the cost of the sampler code itself.
@@ -65,20 +67,26 @@ def run(quick: bool, device: torch.device) -> dict:
         rec["ratios"][key] = sec["pixel vdm"] / sec["latent vae"]
         rec["targets"][key] = ">= 100"
     # What bounds the DDIM ratio: the VAE's one decoder pass against one U-Net step. Even with a
-    # free prior, latent / pixel at k steps is at most k * (U-Net step) / (decoder pass).
+    # free prior, latent / pixel at k steps is at most k * (U-Net step) / (decoder pass); when
+    # the prior's k steps cost p decoder passes, it is that divided by (1 + p).
     x, z = torch.randn(n, 1, 28, 28, device=device), torch.randn(n, 16, device=device)
     t = torch.full((n,), 0.5, device=device)
     with torch.no_grad():
         sec = H.interleaved(
-            {"unet": lambda: vdm.eps_model(x, t), "decoder": lambda: vae.decode(z)},
+            {"unet": lambda: vdm.eps_model(x, t), "decoder": lambda: vae.decode(z),
+             "prior": lambda: vae.prior.sample(n, g(), sampler="ddim", steps=50)},
             device, reps=3 if quick else 5,
         )  # fmt: skip
     step_per_decode = sec["unet"] / sec["decoder"]
+    prior_per_decode = sec["prior"] / sec["decoder"]
     rec["ratios"]["U-Net step / VAE decoder pass"] = step_per_decode
+    rec["ratios"]["latent prior's 50 DDIM steps / VAE decoder pass"] = prior_per_decode
     rec["notes"].append(
         f"One U-Net step costs {step_per_decode:.2f} decoder passes, so even a free prior would "
         f"give at most {50 * step_per_decode:.0f}x at DDIM-50 ({200 * step_per_decode:.0f}x at "
-        "200 steps): below 100x at 50 steps whenever the step costs less than 2 decoder passes."
+        "200 steps): below 100x at 50 steps whenever the step costs less than 2 decoder passes. "
+        f"The prior's 50 steps cost {prior_per_decode:.2f} decoder passes, so these parts predict "
+        f"{50 * step_per_decode / (1 + prior_per_decode):.0f}x at DDIM-50."
     )
     rec.update(overhead=sampler_overhead(quick, device))
     o = rec["overhead"]
