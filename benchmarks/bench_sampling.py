@@ -5,7 +5,7 @@ equal steps, and diffrep's DDIM loop against diffusers' DDIMScheduler loop aroun
    `diffusion` prior (T = 200, the README's CPU setting) over a 16-dim z, both untrained (speed
    does not depend on the weights), sampling the same 128 images with ancestral steps over the
    prior's whole chain (200) and with DDIM-50, the same step count for both. The VAE's time
-   includes decoding z to images: one decoder pass costs about a third of a U-Net step (its
+   includes decoding z to images: one decoder pass costs 1/2.5 to 1/3.8 of a U-Net step (its
    upsampling convs run as folded transposed convs, `nets.layers.UpConv`), so the ratio grows
    with the step count towards (U-Net step) / (prior step) and is smallest for few steps. The
    U-Net step, the decoder pass and the prior's 50 DDIM steps are also timed apart, in turns,
