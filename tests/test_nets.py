@@ -319,6 +319,8 @@ def test_film_projects_a_shared_embedding_once(h_shape):
     out = film(h, shared)
     scale, shift = film.proj(row).reshape(1, 2, 6, *(1,) * (len(h_shape) - 2)).unbind(1)
     assert torch.equal(out, h * (1 + scale) + shift)
+    with torch.no_grad():  # outside autograd the row is broadcast, not expanded: same bits
+        assert torch.equal(film(h, shared), out)
     assert torch.allclose(out, film(h, shared.contiguous()), atol=1e-5)
     out.sum().backward()  # gradients flow through the one-row path
     assert film.proj.weight.grad.abs().sum() > 0

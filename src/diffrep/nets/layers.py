@@ -108,7 +108,13 @@ class FiLM(nn.Module):
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         if e.shape[0] > 1 and e.stride(0) == 0:  # one embedding shared by the batch
-            scale, shift = self.proj(e[:1]).expand(e.shape[0], -1).chunk(2, dim=1)
+            row = self.proj(e[:1])  # [1, 2C]: project it once
+            # Outside autograd the ops below broadcast the row ([1, C]; an expanded [B, C]
+            # makes `1 + scale` write out B rows): the same values, bit for bit. With
+            # autograd the expanded form stays, so gradients keep their summation order.
+            if torch.is_grad_enabled():
+                row = row.expand(e.shape[0], -1)
+            scale, shift = row.chunk(2, dim=1)
         else:
             scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
         extra = (1,) * (h.dim() - 2)
