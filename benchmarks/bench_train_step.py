@@ -31,6 +31,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -135,6 +136,21 @@ def peak_memory_mb(name: str, c: int, res: int, batch: int, device) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def inner_calls(steps: dict, device: torch.device, turn_s: float = 0.5) -> dict[str, int]:
+    """Steps per turn (each timed on its own) so that a turn lasts about `turn_s`, up to 4.
+
+    The smallest step is a fraction of a second: with one call per turn its 5 samples were the
+    fewest seconds of any size, and medians of 5 ranged 1.29 - 1.40 where 30 gave 1.36."""
+    f = steps["diffrep"]
+    f()  # (the first call builds the conv primitives)
+    H.sync(device)
+    t0 = time.perf_counter()
+    f()
+    H.sync(device)
+    k = max(1, min(4, round(turn_s / (time.perf_counter() - t0))))
+    return dict.fromkeys(steps, k)
+
+
 def run(quick: bool, device: torch.device) -> dict:
     rec = H.record(
         "train_step",
@@ -154,7 +170,7 @@ def run(quick: bool, device: torch.device) -> dict:
             c_o, c_t = matched_widths(size, res)
             models = {"diffrep": ours(c_o, res), "diffusers": theirs(c_t, res)}
             steps = {k: make_step(k, m, batch, res, device) for k, m in models.items()}
-            sec = H.interleaved(steps, device, reps=reps)
+            sec = H.interleaved(steps, device, reps=reps, inner=inner_calls(steps, device))
             for k, m in models.items():
                 fl = step_flops(k, m.cpu(), batch, res) if device.type == "cpu" else None
                 row = {
@@ -206,8 +222,6 @@ def options(quick: bool, device: torch.device, batch: int) -> list[dict]:
             autocast=v.get("autocast", False),
         )  # fmt: skip
     if not quick:
-        import time
-
         m = torch.compile(ours(c, res))
         steps["torch.compile"] = make_step("diffrep", m, batch, res, device)
         t0 = time.perf_counter()

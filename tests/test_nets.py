@@ -282,6 +282,27 @@ def test_upsample_nearest_is_interpolate_bit_for_bit(shape, size):
     assert torch.equal(upsample_nearest(cl, size), F.interpolate(cl, size=size, mode="nearest"))
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 4, 4, 3), (4, 14, 10, 1), (1, 1, 1, 1)])
+def test_upsample_nearest_gradient(shape):
+    """The 2x gradient is the sum of each input's 2x2 block: exact against a float64 block sum,
+    and bit for bit autograd's own backward of the broadcast form (its summation order), also
+    for width 1, where that order differs and the broadcast form itself is used."""
+    from diffrep.nets.layers import _nearest2x, upsample_nearest
+
+    b, c, hh, ww = shape
+    torch.manual_seed(0)
+    h = torch.randn(shape, requires_grad=True)
+    g = torch.randn(b, c, 2 * hh, 2 * ww) * torch.logspace(-3, 3, 2 * ww)  # order shows
+    (got,) = torch.autograd.grad(upsample_nearest(h, (2 * hh, 2 * ww)), h, g)
+    (ref,) = torch.autograd.grad(_nearest2x(h), h, g)
+    assert torch.equal(got, ref)
+    blocks = g.double().view(b, c, hh, 2, ww, 2)
+    err = (got.double() - blocks.sum((3, 5))).abs()
+    assert (err <= 1e-6 * blocks.abs().sum((3, 5))).all()  # float32 rounding of 4 terms
+    hd = h.detach().double().requires_grad_(True)
+    assert torch.autograd.gradgradcheck(lambda x: upsample_nearest(x, (2 * hh, 2 * ww)) ** 2, hd)
+
+
 @pytest.mark.parametrize(
     "shape, size", [((3, 5, 7, 7), (14, 14)), ((2, 4, 4, 3), (8, 6)), ((2, 3, 7, 7), (13, 13))]
 )

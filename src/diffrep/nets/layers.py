@@ -192,8 +192,34 @@ def upsample_nearest(h: torch.Tensor, size) -> torch.Tensor:
     """
     b, c, hh, ww = h.shape
     if tuple(size) == (2 * hh, 2 * ww):
-        return h[:, :, :, None, :, None].expand(b, c, hh, 2, ww, 2).reshape(b, c, 2 * hh, 2 * ww)
+        # (width 1: autograd's sum then runs over 4 contiguous values, in another order)
+        fast_grad = torch.is_grad_enabled() and ww > 1
+        return _Nearest2x.apply(h) if fast_grad else _nearest2x(h)
     return F.interpolate(h, size=tuple(size), mode="nearest")
+
+
+def _nearest2x(h: torch.Tensor) -> torch.Tensor:
+    b, c, hh, ww = h.shape  # [B, C, h, w] -> [B, C, 2h, 2w]
+    return h[:, :, :, None, :, None].expand(b, c, hh, 2, ww, 2).reshape(b, c, 2 * hh, 2 * ww)
+
+
+class _Nearest2x(torch.autograd.Function):
+    """`_nearest2x` whose backward sums each 2x2 block of the gradient as two pair sums: columns,
+    then rows. That is the order autograd's own backward (a sum over the expanded dims) takes
+    for widths > 1, so gradients are bit for bit the same; but its strided 6-d reduction is slow
+    on CPU: 4.9 against 0.3 ms for [64, 16, 28, 28], a small U-Net's step 3-4% faster."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor) -> torch.Tensor:
+        return _nearest2x(h)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        b, c, H, W = g.shape
+        g = g.reshape(b, c, H, W // 2, 2)
+        g = g[..., 0] + g[..., 1]  # [B, C, 2h, w]: each row's column pairs
+        g = g.view(b, c, H // 2, 2, W // 2)
+        return g[:, :, :, 0] + g[:, :, :, 1]  # [B, C, h, w]: then the row pairs
 
 
 @functools.cache
