@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from diffrep.config import load_config  # noqa: E402
 from diffrep.data import to_model_input  # noqa: E402
+from diffrep.diffusion import editing  # noqa: E402
 from diffrep.eval import guidance as G  # noqa: E402
 from diffrep.eval import plots as P  # noqa: E402
 from diffrep.eval import probes  # noqa: E402
@@ -176,14 +177,14 @@ def main() -> None:
 
     # pictures: interpolation, manipulation along a probe direction (3 -> 8), latent-DPM samples
     xa, xb = x0[:4], x0[4:8]
-    interp = model.interpolate(xa, xb, n=8, steps=args.recon_steps).flatten(0, 1)
+    interp = editing.interpolate(model, xa, xb, n=8, steps=args.recon_steps).flatten(0, 1)
     P.save_figure(run, "interpolation", P.image_grid(to_uint8_np(interp), nrow=8),
                   "Interpolation (slerp x_T, lerp z)", "Samples")  # fmt: skip
     d = torch.from_numpy(probe_direction(f_tr, train_data.labels, 3, 8)).float()
     src = x0[torch.from_numpy(test.labels[:n] == 3)][:4]
     scale = float(np.std(f_tr @ d.numpy().astype(np.float64)))
     amounts = [scale * a for a in (0, 1, 2, 3, 4, 5)]
-    manip = model.manipulate(src, d, amounts, steps=args.recon_steps).flatten(0, 1)
+    manip = editing.manipulate(model, src, d, amounts, steps=args.recon_steps).flatten(0, 1)
     P.save_figure(run, "manipulation", P.image_grid(to_uint8_np(manip), nrow=len(amounts)),
                   "Moving z along a 3-vs-8 linear probe direction", "Samples")  # fmt: skip
     from diffrep.priors import build_prior

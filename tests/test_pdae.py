@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffrep.diffusion import editing
 from diffrep.diffusion.denoiser import guided
 from diffrep.diffusion.process import _bc, alpha_sigma
 from diffrep.diffusion.schedules import build_schedule
@@ -215,12 +216,16 @@ def test_pdae_trains_on_a_frozen_ddpm_run(tmp_path, ddpm_run):
         assert model.reconstruct(x0, use_z=False).shape == x0.shape
         s = model.sample(2, torch.Generator().manual_seed(0), z=model.encode(x0[:2]))
         assert s.shape == (2, 1, 8, 8) and s.abs().max() <= 1
-        assert model.interpolate(x0[:2], x0[1:], n=3).shape == (2, 3, 1, 8, 8)
+        path = editing.interpolate(model, x0[:2], x0[1:], n=3)
+        assert path.shape == (2, 3, 1, 8, 8)
+        # its ends are the reconstructions (x_T and z of each image, decoded)
+        torch.testing.assert_close(path[:, 0], model.reconstruct(x0[:2]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(path[:, -1], model.reconstruct(x0[1:]), atol=1e-5, rtol=0)
         d = torch.ones(4) / 2
-        assert model.manipulate(x0[:2], d, [0.0, 1.0]).shape == (2, 2, 1, 8, 8)
+        assert editing.manipulate(model, x0[:2], d, [0.0, 1.0]).shape == (2, 2, 1, 8, 8)
         # manipulation by 0 is the reconstruction from the same x_T
-        torch.testing.assert_close(model.manipulate(x0[:1], d, [0.0])[:, 0], model.reconstruct(
-            x0[:1]), atol=1e-5, rtol=0)  # fmt: skip
+        torch.testing.assert_close(editing.manipulate(model, x0[:1], d, [0.0])[:, 0],
+                                   model.reconstruct(x0[:1]), atol=1e-5, rtol=0)  # fmt: skip
     # `diffrep fit-prior` fits a latent DPM to the codes; sample() then draws z from it
     from diffrep.runs import fit_prior_run, load_run
 

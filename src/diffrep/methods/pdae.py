@@ -32,8 +32,9 @@ G / alpha_t: the true gradient shrinks like alpha_t at high noise, its quotient 
 
 encode: z = E_phi(x0). reconstruct: DDIM inversion of x0 with z, then DDIM with z (`use_z=False`:
 the frozen DPM alone, at the same steps). sample: DDIM with z given, or z from the latent prior
-(`prior`, fitted to the codes by `diffrep fit-prior`). interpolate: slerp of x_T, lerp of z.
-manipulate: z + a * direction (e.g. a linear probe's) decoded from the same x_T.
+(`prior`, fitted to the codes by `diffrep fit-prior`). encode, invert and decode are what
+`diffusion.editing` needs: interpolate (slerp of x_T, lerp of z) and manipulate (z + a * a
+direction, e.g. a linear probe's, from the same x_T).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class PDAE(Method):
             view: in training, E_phi sees a random view of x0 ({shift, rotate, scale},
                 `data.views.RandomView`) while G_psi fills the gap for x0 itself, so z cannot
                 hold what the view changes (position, angle, size). None: the slides' loss.
-            sample_steps: default DDIM steps (reconstruct, sample, interpolate, manipulate).
+            sample_steps: default DDIM steps (reconstruct, sample, `diffusion.editing`).
             prior, prior_args: a latent prior over z (set by `diffrep fit-prior`; None: none).
         """
         super().__init__(data_shape)
@@ -221,26 +222,3 @@ class PDAE(Method):
             gdev = generator.device if generator is not None else self.device
             x_T = torch.randn((n, *self.data_shape), generator=generator, device=gdev)
         return self.decode(x_T.to(self.device), z.to(self.device), steps, generator=generator, **kw)
-
-    @torch.no_grad()
-    def interpolate(self, x0_a, x0_b, n: int = 8, steps: int | None = None) -> torch.Tensor:
-        """[B, n, C, H, W]: slerp between the inverted x_T, lerp between the codes."""
-        za, zb = self.encode(x0_a), self.encode(x0_b)
-        xa, xb = self.invert(x0_a, za, steps).flatten(1), self.invert(x0_b, zb, steps).flatten(1)
-        lam = torch.linspace(0, 1, n, device=xa.device)[None, :, None]  # [1, n, 1]
-        cos = torch.nn.functional.cosine_similarity(xa, xb)[:, None, None].clamp(-1, 1)
-        theta = torch.acos(cos).clamp(min=1e-6)
-        x_T = torch.sin((1 - lam) * theta) * xa[:, None] + torch.sin(lam * theta) * xb[:, None]
-        x_T = (x_T / torch.sin(theta)).reshape(-1, *self.data_shape)
-        z = ((1 - lam) * za[:, None] + lam * zb[:, None]).reshape(-1, za.shape[1])
-        return self.decode(x_T, z, steps).reshape(len(x0_a), n, *self.data_shape)
-
-    @torch.no_grad()
-    def manipulate(self, x0, direction, amounts, steps: int | None = None) -> torch.Tensor:
-        """[B, len(amounts), C, H, W]: z + a * direction [Z] for each a, from x0's own x_T."""
-        z = self.encode(x0)
-        x_T = self.invert(x0, z, steps)
-        a = torch.as_tensor(amounts, dtype=z.dtype, device=z.device)
-        zs = (z[:, None] + a[None, :, None] * direction.to(z)[None, None]).flatten(0, 1)
-        x_T = x_T.repeat_interleave(len(a), dim=0)
-        return self.decode(x_T, zs, steps).reshape(len(x0), len(a), *self.data_shape)

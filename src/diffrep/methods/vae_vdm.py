@@ -182,11 +182,6 @@ class VAEVDM(Method):
             loss = loss + self.aux_weight * terms["aux"]
         return {"loss": loss, **terms}
 
-    def _view_for_bound(self, x0: torch.Tensor) -> torch.Tensor:
-        """A random view of x0 for q(w | .) (the bound's encoder input is then what training
-        used); x0 itself without a view."""
-        return self.view(x0)
-
     @torch.no_grad()
     def elbo(self, x0: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
         """-ELBO terms [B] in nats, beta = 1 (one w, one t per example: unbiased); `generator`
@@ -197,7 +192,7 @@ class VAEVDM(Method):
         codes of views; codes of x itself (never resampled) cost a trained one ~125 nats per
         MNIST image (README, VAE-VDM).
         """
-        terms = self._terms(x0, generator, x_enc=self._view_for_bound(x0))[0]
+        terms = self._terms(x0, generator, x_enc=self.view(x0))[0]  # (x0 itself if no view)
         terms["total"] = terms["recon"] + terms["prior"] + terms["diffusion"] + terms["kl"]
         return terms
 
@@ -209,7 +204,7 @@ class VAEVDM(Method):
         code varies. exp(-L_VDM) is not an unbiased estimate of p(x | w): a diagnostic of how
         loose the ELBO's KL is, not a certified bound (hence no `log_joint` for the suite).
         """
-        mean, logvar = self.posterior(self._view_for_bound(x0))  # one view for all k codes
+        mean, logvar = self.posterior(self.view(x0))  # one view for all k codes
         logw = []
         for _ in range(k):  # k codes; each is one ELBO evaluation
             w = reparameterise(mean, logvar)
