@@ -227,7 +227,9 @@ def options(quick: bool, device: torch.device, batch: int) -> list[dict]:
         t0 = time.perf_counter()
         steps["torch.compile"]()  # compile time, reported apart from the step time
         compile_s = time.perf_counter() - t0
-    sec = H.interleaved(steps, device, reps=3 if quick else 5)
+    # 9 turns in the full run: with 5, one pass printed 1.2-2x for every option, where a
+    # separate A/B of the same code gave 1.0 for channels_last (the default's median was hit)
+    sec = H.interleaved(steps, device, reps=3 if quick else 9)
     rows = [{"option": k, "speed_vs_default": sec["default"] / v} for k, v in sec.items()]
     if not quick:
         rows[-1]["compile_s"] = compile_s
