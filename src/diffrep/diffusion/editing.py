@@ -2,7 +2,7 @@
 
 A deterministic DDIM inversion x0 -> x_T given z = E(x0) keeps what the code does not (pose,
 stroke detail) in x_T, so moving z alone changes what the code holds and little else (PDAE, seed
-002 "attribute manipulation"; Diff-AE, Preechakul et al. 2022 sec. 4):
+002 "attribute manipulation"; Diff-AE, Preechakul et al. 2022):
 
 - `interpolate`: slerp between the inverted x_T (they are Gaussian-like: their norms ~ sqrt(D),
   which a straight line would shrink in the middle), lerp between the codes;

@@ -33,8 +33,8 @@ G / alpha_t: the true gradient shrinks like alpha_t at high noise, its quotient 
 encode: z = E_phi(x0). reconstruct: DDIM inversion of x0 with z, then DDIM with z (`use_z=False`:
 the frozen DPM alone, at the same steps). sample: DDIM with z given, or z from the latent prior
 (`prior`, fitted to the codes by `diffrep fit-prior`). encode, invert and decode are what
-`diffusion.editing` needs: interpolate (slerp of x_T, lerp of z) and manipulate (z + a * a
-direction, e.g. a linear probe's, from the same x_T).
+`diffusion.editing` needs: interpolate (slerp of x_T, lerp of z) and manipulate (z + a *
+direction, e.g. a linear probe's, decoded from the same x_T).
 """
 
 from __future__ import annotations
