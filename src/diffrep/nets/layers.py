@@ -21,27 +21,21 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0
     t: [B] float -> [B, dim]; frequencies geometric from 1 to 1/max_period.
     """
     half = dim // 2
-    args = t.float()[:, None] * _frequencies(half, max_period, t.device)[None, :]  # [B, half]
+    # (under torch.compile uncached: dynamo warns on a cached call, and in a graph it is free)
+    freqs = _frequencies.__wrapped__ if torch.compiler.is_compiling() else _frequencies
+    args = t.float()[:, None] * freqs(half, max_period, t.device)[None, :]  # [B, half]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
     return emb
 
 
+@functools.cache
 def _frequencies(half: int, max_period: float, device: torch.device) -> torch.Tensor:
-    """[half] float32: a constant, built once per device in eager mode (a sampler embeds t at
-    every step; 4 small ops of the ~60 in a latent prior's step)."""
-    if torch.compiler.is_compiling():  # (dynamo warns on a cached call; in a graph it is free)
-        return _frequencies_of(half, max_period, device)
-    return _cached_frequencies(half, max_period, device)
-
-
-def _frequencies_of(half: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """[half] float32: a constant, built once per device (a sampler embeds t at every step;
+    4 small ops of the ~60 in a latent prior's step)."""
     k = torch.arange(half, dtype=torch.float32, device=device)
     return torch.exp(-math.log(max_period) * k / half)
-
-
-_cached_frequencies = functools.cache(_frequencies_of)
 
 
 class TimeEmbedding(nn.Module):
