@@ -109,3 +109,66 @@ def test_sample_helper_and_clipping_on_float32():
     x = S.sample(model, sched, (256, 2), sampler="ancestral", steps=50, generator=g, clip_x0=True)
     assert x.dtype == torch.float32 and x.shape == (256, 2)
     assert x.min() >= -1 and x.max() <= 1  # the last step returns the clipped x0_hat
+
+
+class _Counting(torch.nn.Module):
+    """Counts forward calls of a wrapped module (here a ResMLP's time embedding)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *a):
+        self.calls += 1
+        return self.inner(*a)
+
+
+@pytest.mark.parametrize("sampler,kw", [("ancestral", {}), ("ddim", {}), ("ode_sample", {})])
+def test_a_denoiser_on_the_grid_samples_as_its_per_step_calls(sampler, kw):
+    """A ResMLP offers `on_grid`: the samplers embed the grid's times once (one time-MLP call
+    for the whole run, not one a step) and sample what per-step calls of the same network
+    sample, to float rounding (a batched row may round differently)."""
+    from diffrep.nets.mlp import ResMLP
+
+    torch.manual_seed(0)
+    net = ResMLP(4, hidden=32, depth=2, emb_dim=16).eval()
+    for p in net.parameters():  # away from the zero init, so every layer matters
+        torch.nn.init.normal_(p, std=0.3)
+    net.time_embed = _Counting(net.time_embed)
+    schedule, x_T = build_schedule("cosine"), torch.randn(64, 4)
+
+    def per_step(z, t, cond=None):  # the same network, without `on_grid`
+        return net(z, t, cond)
+
+    run = getattr(S, sampler)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    on_grid = run(net, schedule, x_T, 20, generator=g(), **kw)
+    assert net.time_embed.calls == 1
+    plain = run(per_step, schedule, x_T, 20, generator=g(), **kw)
+    calls = 39 if sampler == "ode_sample" else 20  # Heun: 2 a step, 1 on the last (sigma = 0)
+    assert net.time_embed.calls == 1 + calls
+    scale = plain.abs().max()
+    assert scale > 1 and torch.allclose(on_grid, plain, rtol=0, atol=1e-5 * scale)
+    inverted = S.ddim_invert(net, schedule, on_grid, 20)
+    assert torch.allclose(inverted, S.ddim_invert(per_step, schedule, on_grid, 20), atol=1e-4)
+
+
+def test_on_grid_is_the_network_at_each_grid_time_and_plain_calls_with_a_code():
+    from diffrep.nets.mlp import ResMLP
+
+    torch.manual_seed(0)
+    t, x = torch.linspace(1, 0, 6, dtype=torch.float64), torch.randn(8, 3)
+    net = ResMLP(3, hidden=16, depth=3, emb_dim=8)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    at = net.on_grid(t)
+    for k in range(6):
+        want = net(x, t[k].float().expand(8))
+        assert torch.allclose(at(k, x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match=r"expects vectors \[B, 3\]"):
+        at(0, torch.randn(8, 4))
+    coded = ResMLP(3, hidden=16, depth=2, emb_dim=8, cond_dim=2, cond_mode="film")
+    for p in coded.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    c = torch.randn(8, 2)  # per-example rows: the plain call, bit for bit
+    assert torch.equal(coded.on_grid(t)(2, x, c), coded(x, t[2].float().expand(8), c))

@@ -1,12 +1,13 @@
 """Samplers: short pure functions of a denoiser eps_model(z_t, t, cond=None) and a schedule.
 
 `sampler(eps_model, schedule, x_T, steps, *, cond=None, generator=None, progress=None, ...)`
-runs `steps`
-steps on the uniform grid t = 1, 1 - 1/steps, ..., 0 (any number of steps, independent of
-training) and returns x at t = 0 in data scale, z_0 / alpha_0 (for DDPM schedules alpha_0 = 1,
-z_0 is x itself). x_T is z_1 ~ N(0, I). The grid's gammas come from the schedule in float64.
-`cond` [B, K] is passed to every denoiser call (a code-conditioned decoder); None calls the
-denoiser without one, so a denoiser that ignores its code samples bit-identically either way.
+runs `steps` steps on the uniform grid t = 1, 1 - 1/steps, ..., 0 (any number of steps,
+independent of training) and returns x at t = 0 in data scale, z_0 / alpha_0 (for DDPM schedules
+alpha_0 = 1, z_0 is x itself). x_T is z_1 ~ N(0, I). The grid's gammas come from the schedule
+in float64. `cond` [B, K] is passed to every denoiser call (a code-conditioned decoder); None
+calls the denoiser without one, so a denoiser that ignores its code samples bit-identically
+either way.
+A denoiser may offer `on_grid(t)`, itself on the whole grid at once (see `_on_grid`).
 
 - `ancestral`: z_s ~ p(z_s | z_t) = q(z_s | z_t, x0_hat) (Ho et al. 2020 alg. 2; VDM eq. 33).
 - `ddim`: z_s = alpha_s x0_hat + sqrt(sigma_s^2 - s_eta^2) eps_hat + s_eta noise with
@@ -38,6 +39,7 @@ from diffrep.registry import Registry
 
 EpsModel = Denoiser
 Progress = Callable[[int, int], None] | bool | None
+GridDenoiser = Callable[..., torch.Tensor]  # eps_at(k, z, cond=None): the denoiser at grid time k
 F64 = torch.float64
 
 
@@ -68,8 +70,14 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
 
 
-def _eps(eps_model: EpsModel, z: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
-    return call(eps_model, z, t.to(z.dtype).expand(z.shape[0]), cond)
+def _on_grid(eps_model: EpsModel, t: torch.Tensor) -> GridDenoiser:
+    """eps_at(k, z, cond) = eps_model(z, t[k], cond) on the grid t [S + 1]. A network whose
+    time conditioning is worth preparing for the whole grid at once offers `on_grid(t)`
+    (`nets.mlp.ResMLP`: a latent prior's small steps); any other denoiser is called per step."""
+    on_grid = getattr(eps_model, "on_grid", None)
+    if on_grid is not None:
+        return on_grid(t)
+    return lambda k, z, cond=None: call(eps_model, z, t[k].to(z.dtype).expand(z.shape[0]), cond)
 
 
 def _coefficients(g: torch.Tensor) -> dict[str, list[float]]:
@@ -82,10 +90,10 @@ def _coefficients(g: torch.Tensor) -> dict[str, list[float]]:
     return {n: v.tolist() for n, v in zip(names, (a, s, c_z, c_x, var))}
 
 
-def _x0_eps(eps_model, z, t, a: float, s: float, clip_x0: bool, cond=None):
-    """(x0_hat, eps_hat) at (z, t) with z = a x0 + s eps; clip_x0 clamps x0_hat to [-1, 1] and
-    makes eps consistent."""
-    eps_hat = _eps(eps_model, z, t, cond)
+def _x0_eps(eps_at: GridDenoiser, k: int, z, a: float, s: float, clip_x0: bool, cond=None):
+    """(x0_hat, eps_hat) at (z, t[k]) with z = a x0 + s eps; clip_x0 clamps x0_hat to [-1, 1]
+    and makes eps consistent."""
+    eps_hat = eps_at(k, z, cond)
     x0_hat = (z - s * eps_hat) / a
     if clip_x0:
         x0_hat = x0_hat.clamp(-1, 1)
@@ -111,10 +119,10 @@ def ancestral(
 ) -> torch.Tensor:
     """Ancestral sampling z_s ~ q(z_s | z_t, x0_hat(z_t)) from t = 1 to 0 (DDPM and VDM)."""
     t, g = _grid(schedule, steps, x_T.device)
-    c = _coefficients(g)
+    c, eps_at = _coefficients(g), _on_grid(eps_model, t)
     z = x_T
     for k in _steps(steps, progress, "ancestral"):
-        x0_hat, _ = _x0_eps(eps_model, z, t[k], c["a"][k], c["s"][k], clip_x0, cond)
+        x0_hat, _ = _x0_eps(eps_at, k, z, c["a"][k], c["s"][k], clip_x0, cond)
         z = c["c_z"][k] * z + c["c_x"][k] * x0_hat
         if c["var"][k] > 0:
             z = z + c["var"][k] ** 0.5 * _randn(z, generator)
@@ -138,10 +146,10 @@ def ddim(
     if eta < 0:
         raise UserError(f"ddim: eta must be >= 0, got {eta}; fix: 0 (deterministic) to 1")
     t, g = _grid(schedule, steps, x_T.device)
-    c = _coefficients(g)
+    c, eps_at = _coefficients(g), _on_grid(eps_model, t)
     z = x_T
     for k in _steps(steps, progress, "ddim"):
-        x0_hat, eps_hat = _x0_eps(eps_model, z, t[k], c["a"][k], c["s"][k], clip_x0, cond)
+        x0_hat, eps_hat = _x0_eps(eps_at, k, z, c["a"][k], c["s"][k], clip_x0, cond)
         var_eta = eta**2 * c["var"][k]
         z = c["a"][k + 1] * x0_hat + max(c["s"][k + 1] ** 2 - var_eta, 0.0) ** 0.5 * eps_hat
         if var_eta > 0:
@@ -156,12 +164,13 @@ def _sigma_bar(g: torch.Tensor) -> torch.Tensor:
 def _ode(eps_model, t, g, xbar, heun: bool, progress, desc, cond=None) -> torch.Tensor:
     """Integrate dx_bar / dsigma_bar = eps_hat(alpha x_bar, t) along the grid (t, g)."""
     sb, a = _sigma_bar(g).tolist(), alpha_sigma(g)[0].tolist()  # floats: see _coefficients
+    eps_at = _on_grid(eps_model, t)
     for k in _steps(len(t) - 1, progress, desc):
         h = sb[k + 1] - sb[k]
-        d = _eps(eps_model, a[k] * xbar, t[k], cond)
+        d = eps_at(k, a[k] * xbar, cond)
         x_next = xbar + h * d
         if heun and sb[k + 1] > 0:  # the denoiser is not used at sigma = 0 (Karras alg. 1)
-            d2 = _eps(eps_model, a[k + 1] * x_next, t[k + 1], cond)
+            d2 = eps_at(k + 1, a[k + 1] * x_next, cond)
             x_next = xbar + h * 0.5 * (d + d2)
         xbar = x_next
     return xbar
@@ -228,12 +237,13 @@ def ddim_invert(
     t, g = _grid(schedule, steps, x0.device)
     t, g = t.flip(0), g.flip(0)
     sb, a = _sigma_bar(g).tolist(), alpha_sigma(g)[0].tolist()  # floats: see _coefficients
+    eps_at = _on_grid(eps_model, t)
     xbar = x0
     for k in _steps(steps, progress, "ddim-invert"):
         h = sb[k + 1] - sb[k]
-        x_next = xbar + h * _eps(eps_model, a[k] * xbar, t[k], cond)
+        x_next = xbar + h * eps_at(k, a[k] * xbar, cond)
         for _ in range(fixed_point_iters):
-            x_next = xbar + h * _eps(eps_model, a[k + 1] * x_next, t[k + 1], cond)
+            x_next = xbar + h * eps_at(k + 1, a[k + 1] * x_next, cond)
         xbar = x_next
     return xbar * a[-1]
 

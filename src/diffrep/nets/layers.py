@@ -114,6 +114,11 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.modulate(h, self.rows(e))
+
+    def rows(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 + scale, shift) [B, C] each for embeddings e [B, emb_dim] (what `modulate` takes:
+        a network can project a sampler's whole time grid at once, `ResMLP.on_grid`)."""
         if e.shape[0] > 1 and e.stride(0) == 0:  # one embedding shared by the batch
             row = self.proj(e[:1])  # [1, 2C]: project it once
             # Outside autograd the ops below broadcast the row ([1, C]; an expanded [B, C]
@@ -124,8 +129,14 @@ class FiLM(nn.Module):
             scale, shift = row.chunk(2, dim=1)
         else:
             scale, shift = self.proj(e).chunk(2, dim=1)  # [B, C] each
+        return 1 + scale, shift
+
+    @staticmethod
+    def modulate(h: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """h [B, C, ...] * (1 + scale) + shift, rows [B or 1, C] broadcast over h's other dims."""
+        scale1, shift = rows
         extra = (1,) * (h.dim() - 2)
-        return h * (1 + scale.view(*scale.shape, *extra)) + shift.view(*shift.shape, *extra)
+        return h * scale1.view(*scale1.shape, *extra) + shift.view(*shift.shape, *extra)
 
 
 def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:

