@@ -5,21 +5,28 @@ equal steps, and diffrep's DDIM loop against diffusers' DDIMScheduler loop aroun
    `diffusion` prior (T = 200, the README's CPU setting) over a 16-dim z, both untrained (speed
    does not depend on the weights), sampling the same 128 images with ancestral steps over the
    prior's whole chain (200) and with DDIM-50, the same step count for both. The VAE's time
-   includes decoding z to images: one decoder pass costs 1/2.5 to 1/3.8 of a U-Net step (its
+   includes decoding z to images: one decoder pass costs 1/2.5 to 1/3 of a U-Net step (its
    upsampling convs run as folded transposed convs, `nets.layers.UpConv`), so the ratio grows
-   with the step count towards (U-Net step) / (prior step) and is smallest for few steps. The
-   U-Net step, the decoder pass and the prior's 50 DDIM steps are also timed apart, in turns,
-   and the note says what ratio they predict at DDIM-50.
+   with the step count towards (U-Net step) / (prior step) and is smallest for few steps.
+   The two run in turn inside one pixel sampling call: its per-step progress callback makes a
+   latent call every steps / 10 steps and times it apart, and the pixel time is the call's total
+   less those. A pixel call lasts 10-60 s, a latent one 0.1-0.3 s: whole calls in turn, the
+   earlier design, let a minute of load from a neighbour land on one side only (one pass printed
+   144x where its parts predicted 109x). The U-Net step, the decoder pass and the prior's 50 DDIM
+   steps are also timed apart, in turns, and the note says what ratio they predict at DDIM-50.
 2. Sampler overhead: the same U-Net (a `ddpm`'s, T = 1000) sampled with 50 DDIM steps by
-   `diffrep.diffusion.samplers.ddim` and by a loop around diffusers' DDIMScheduler.step: the
-   network calls are identical, so the ratio is the cost of the sampler code itself.
+   `diffrep.diffusion.samplers.ddim` and by a loop around diffusers' DDIMScheduler.step, in
+   lockstep: our sampler's progress callback takes the diffusers loop's next step and times it
+   apart. The network calls are identical, so the ratio is the cost of the sampler code itself.
 
     python benchmarks/bench_sampling.py --quick
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,17 +54,22 @@ def run(quick: bool, device: torch.device) -> dict:
         prior_args={"T": 200, "hidden": 128, "depth": 2},
     ).to(device).eval()  # fmt: skip
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    # The latent side is ~100x cheaper: it gets one warm-up call (the first builds the conv
-    # primitives) and 5 timed calls at each turn, so its median is over 5x the samples and a
-    # burst of load from a neighbour on one 0.1 s call does not decide the ratio. The pixel side
-    # (seconds a call) is not warmed: that would double the benchmark's time.
     for sampler, steps in (("ancestral", 200), ("ddim", 50)):
-        fns = {
-            "pixel vdm": lambda s=sampler, k=steps: vdm.sample(n, g(), sampler=s, steps=k),
-            "latent vae": lambda s=sampler, k=steps: vae.sample(n, g(), sampler=s, steps=k),
-        }
-        fns["latent vae"]()
-        sec = H.interleaved(fns, device, reps=2 if quick else 3, warmup=0, inner={"latent vae": 5})
+
+        def latent(s=sampler, k=steps):
+            vae.sample(n, g(), sampler=s, steps=k)
+
+        def pixel(progress, s=sampler, k=steps):
+            vdm.sample(n, g(), sampler=s, steps=k, progress=progress)
+
+        latent()  # warm-up: the first call builds the conv primitives (the pixel side: none)
+        pixel_sec, latent_sec = [], []
+        for _ in range(2 if quick else 3):
+            p, inner = H.inside(pixel, latent, every=steps // 10, device=device)
+            pixel_sec.append(p)
+            latent_sec.extend(inner)
+        sec = {"pixel vdm": statistics.median(pixel_sec),
+               "latent vae": statistics.median(latent_sec)}  # fmt: skip
         for k, v in sec.items():
             rec["rows"].append(
                 {"compare": "pixel vs latent", "sampler": sampler, "steps": steps,
@@ -66,6 +78,10 @@ def run(quick: bool, device: torch.device) -> dict:
         key = f"latent / pixel samples/s ({sampler}, {steps} steps)"
         rec["ratios"][key] = sec["pixel vdm"] / sec["latent vae"]
         rec["targets"][key] = ">= 100"
+    rec["notes"].append(
+        "Pixel and latent sampling take turns inside each pixel call: its progress callback "
+        "makes a latent call every steps / 10 steps, timed apart; medians over all calls."
+    )
     # What bounds the DDIM ratio: the VAE's one decoder pass against one U-Net step. Even with a
     # free prior, latent / pixel at k steps is at most k * (U-Net step) / (decoder pass); when
     # the prior's k steps cost p decoder passes, it is that divided by (1 + p).
@@ -93,8 +109,9 @@ def run(quick: bool, device: torch.device) -> dict:
     rec["rows"].extend(o["rows"])
     rec["ratios"]["diffrep DDIM / diffusers DDIM loop, samples/s"] = o["ratio"]
     rec["notes"].append(
-        "The DDIM overhead comparison runs the same network the same number of times; a ratio "
-        "near 1 means the sampler code costs nothing next to the network."
+        "The DDIM overhead comparison runs the same network the same number of times, the two "
+        "loops' steps in turn; a ratio near 1 means the sampler code costs nothing next to the "
+        "network."
     )
     return rec
 
@@ -116,21 +133,34 @@ def sampler_overhead(quick: bool, device: torch.device) -> dict:
     x_T = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
 
     @torch.no_grad()
-    def ours():
-        return S.ddim(ddpm.eps_model, ddpm.schedule, x_T, steps)
-
-    @torch.no_grad()
-    def theirs():
+    def lockstep() -> dict[str, float]:
+        """Seconds of our DDIM and of the diffusers loop, their steps taken in turn."""
+        x, theirs = x_T, 0.0
+        t0 = time.perf_counter()
         sched.set_timesteps(steps)
-        x = x_T
-        for t in sched.timesteps:
+        timesteps, theirs = iter(sched.timesteps), time.perf_counter() - t0
+
+        def their_step(done: int, total: int) -> None:
+            nonlocal x, theirs
+            H.sync(device)
+            t0 = time.perf_counter()
+            t = next(timesteps)
             # diffusers' timestep k is diffrep's latent x_{k+1}, seen by the net as (k + 1) / T
             tt = torch.full((n,), (int(t) + 1) / T, device=device)
             x = sched.step(ddpm.eps_model(x, tt), t, x).prev_sample
-        return x
+            H.sync(device)
+            theirs += time.perf_counter() - t0
 
-    # 5 reps even when quick: at n = 8 a run is half a second, and 3 reps left 10% noise
-    sec = H.interleaved({"diffrep ddim": ours, "diffusers DDIMScheduler": theirs}, device, reps=5)
+        H.sync(device)
+        t0 = time.perf_counter()
+        S.ddim(ddpm.eps_model, ddpm.schedule, x_T, steps, progress=their_step)
+        H.sync(device)
+        return {"diffrep ddim": time.perf_counter() - t0 - theirs,
+                "diffusers DDIMScheduler": theirs}  # fmt: skip
+
+    lockstep()  # warm-up
+    runs = [lockstep() for _ in range(5)]
+    sec = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     rows = [
         {"compare": "DDIM loop", "sampler": "ddim", "steps": steps, "model": k,
          "samples_per_s": n / v}

@@ -95,6 +95,34 @@ def interleaved(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def inside(
+    outer: Callable[[Callable[[int, int], None]], object],
+    inner: Callable[[], object],
+    every: int,
+    device: torch.device,
+) -> tuple[float, list[float]]:
+    """Two things timed in turn inside one long call: outer(progress) calls progress(done,
+    total) after each of its steps (diffrep's samplers do), and every `every` steps that
+    callback runs inner() and times it apart. Returns (outer's seconds less the inner calls',
+    each inner call's seconds). Both sides see the same minutes of the machine, where whole
+    calls in turn let a neighbour's load land on the long one only."""
+    inner_sec: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        if done % every == 0:
+            sync(device)
+            t0 = time.perf_counter()
+            inner()
+            sync(device)
+            inner_sec.append(time.perf_counter() - t0)
+
+    sync(device)
+    t0 = time.perf_counter()
+    outer(progress)
+    sync(device)
+    return time.perf_counter() - t0 - sum(inner_sec), inner_sec
+
+
 def loglog_slope(x: list[float], y: list[float]) -> float:
     """Least-squares exponent b of y ~ a x^b."""
     lx, ly = [math.log(v) for v in x], [math.log(v) for v in y]

@@ -43,6 +43,28 @@ def test_interleaved_inner_calls_are_timed_one_by_one():
     assert sec["b"] < 0.01  # a mean of each turn's calls would be about 0.017
 
 
+def test_inside_times_the_inner_calls_apart_from_the_outer_one(monkeypatch):
+    """A fake clock: each outer step takes 1 s, each inner call 10 s. Every 4th of 10 steps
+    runs inner, and the outer time excludes those calls exactly."""
+    clock = [0.0]
+    monkeypatch.setattr(H.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def outer(progress):
+        for k in range(10):
+            clock[0] += 1.0
+            calls.append("step")
+            progress(k + 1, 10)
+
+    def inner():
+        clock[0] += 10.0
+        calls.append("inner")
+
+    sec, inner_sec = H.inside(outer, inner, every=4, device=torch.device("cpu"))
+    assert sec == 10.0 and inner_sec == [10.0, 10.0]
+    assert calls == ["step"] * 4 + ["inner"] + ["step"] * 4 + ["inner"] + ["step"] * 2
+
+
 def test_record_table_json_and_page(tmp_path):
     rec = H.record("toy", "a vs b", torch.device("cpu"))
     rec["rows"] = [{"impl": "a", "seconds": 1.25}, {"impl": "b", "seconds": 2.5, "extra": 3}]
