@@ -1,20 +1,23 @@
 """Run diffrep's benchmarks and render one page: `make bench` / `make bench-quick`.
 
-Each benchmark (train_step, sampling, eval_speed, trainer_overhead, scaling, threads) prints its
-table and writes OUT/NAME.json in one schema (see harness.py); then OUT/bench.html shows them all
-with a plot per benchmark. The GPU is used when torch sees one, the CPU otherwise. Each benchmark
-runs in its own process, so one cannot slow the next (allocator and thread-pool state).
+Each benchmark (train_step, sampling, eval_speed, trainer_overhead, scaling, threads, allocator)
+prints its table and writes OUT/NAME.json in one schema (see harness.py); then OUT/bench.html
+shows them all with a plot per benchmark. The GPU is used when torch sees one, the CPU otherwise.
+Each benchmark runs in its own process, so one cannot slow the next (allocator and thread-pool
+state).
 
     python benchmarks/bench.py --quick            # a few minutes on 2 CPU cores
     python benchmarks/bench.py                    # the full run (about 20 minutes on 2 CPU cores)
     python benchmarks/bench.py --only sampling eval_speed
 
-Passive OpenMP waiting is set before torch loads (a shared machine's busy cores otherwise make
-spinning threads slow everything down). --threads sets torch's intra-op threads: 1 by default,
-the `diffrep` CLI's default (see the threads benchmark for why), so the figures are what a user
-gets out of the box; --threads 2 (or 0, torch's default) measures with both cores. With passive
-waiting, a second thread makes small ops slower (every parallel region wakes a sleeping thread):
-the latent prior's 128 x 16 steps take about 3x longer at 2 threads than at 1.
+The settings are the `diffrep` CLI's, so the figures are what a user gets out of the box. Freed
+memory is kept for the next tensor (`diffrep.allocator`; the allocator benchmark measures it
+against glibc's default). Passive OpenMP waiting is set before torch loads (a shared machine's
+busy cores otherwise make spinning threads slow everything down). --threads sets torch's
+intra-op threads: 1 by default, the CLI's default (see the threads benchmark for why); --threads
+2 (or 0, torch's default) measures with both cores. With passive waiting, a second thread makes
+small ops slower (every parallel region wakes a sleeping thread): the latent prior's 128 x 16
+steps take about 3x longer at 2 threads than at 1.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = ("train_step", "sampling", "eval_speed", "trainer_overhead", "scaling", "threads")
+from diffrep.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # as the CLI does; it also exports the setting to the benchmarks' processes
+
+BENCHMARKS = (
+    "train_step", "sampling", "eval_speed", "trainer_overhead", "scaling", "threads", "allocator"
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,8 @@ def machine_info(device: torch.device) -> dict:
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "pid": os.getpid(),  # bench.py runs each benchmark in its own process
+        # glibc's thresholds as bench.py / diffrep.allocator set them (None: glibc's defaults)
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     try:
         info["load_avg_1min"] = round(os.getloadavg()[0], 2)

@@ -4,7 +4,8 @@ Every module belongs to a layer; a module may import from its own layer or a low
 higher one. Imports inside functions count too: a lazy import hides a cycle from Python, not from
 the design. The layers, lowest first (a module takes the layer of its longest matching prefix):
 
-    base       errors, atomic, jsonutil, validate, registry  (no diffrep imports but each other)
+    base       errors, atomic, jsonutil, validate, registry, allocator  (no diffrep imports but
+               each other)
     core       data, distributions, nets, distributed, checkpoint (saves any nn.Module)
     diffusion  diffusion
     priors     priors
@@ -35,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
         "diffrep.jsonutil",
         "diffrep.validate",
         "diffrep.registry",
+        "diffrep.allocator",
     ),
     (
         "diffrep.data",
