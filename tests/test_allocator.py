@@ -55,14 +55,22 @@ def test_kept_memory_spares_the_page_faults_of_each_large_tensor():
 
 
 def test_the_users_choice_and_other_allocators_are_left_alone(monkeypatch):
+    def clean():  # as a fresh shell would have it (an in-process CLI test may have exported them)
+        for k in (*allocator.ENV, "LD_PRELOAD"):
+            monkeypatch.delenv(k, raising=False)
+
+    clean()
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert allocator.keep_freed_memory() is False
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    clean()
     monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
     assert allocator.keep_freed_memory() is False
-    monkeypatch.delenv("LD_PRELOAD")
+    if allocator._glibc():
+        clean()
+        monkeypatch.setenv("LD_PRELOAD", "")  # set but empty: nothing preloaded
+        assert allocator.keep_freed_memory() is True
+        assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(allocator.MMAP_THRESHOLD)  # exported
+    clean()
     monkeypatch.setattr(allocator.os, "confstr", lambda name: "musl")  # not glibc
-    for k in allocator.ENV:
-        monkeypatch.delenv(k, raising=False)
     assert allocator.keep_freed_memory() is False
     assert not any(k in os.environ for k in allocator.ENV)

@@ -39,7 +39,7 @@ def keep_freed_memory() -> bool:
     Also exports the same settings as glibc's environment variables (`ENV`), so processes this
     one starts (benchmark workers) begin with them.
     """
-    if any(k in os.environ for k in (*ENV, "LD_PRELOAD")) or not _glibc():
+    if any(os.environ.get(k) for k in (*ENV, "LD_PRELOAD")) or not _glibc():  # set, non-empty
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
