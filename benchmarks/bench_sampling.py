@@ -134,29 +134,24 @@ def sampler_overhead(quick: bool, device: torch.device) -> dict:
 
     @torch.no_grad()
     def lockstep() -> dict[str, float]:
-        """Seconds of our DDIM and of the diffusers loop, their steps taken in turn."""
-        x, theirs = x_T, 0.0
+        """Seconds of our DDIM and of the diffusers loop, one step of theirs after each of ours."""
+        x = x_T
         t0 = time.perf_counter()
         sched.set_timesteps(steps)
-        timesteps, theirs = iter(sched.timesteps), time.perf_counter() - t0
+        timesteps, setup = iter(sched.timesteps), time.perf_counter() - t0
 
-        def their_step(done: int, total: int) -> None:
-            nonlocal x, theirs
-            H.sync(device)
-            t0 = time.perf_counter()
+        def their_step() -> None:
+            nonlocal x
             t = next(timesteps)
             # diffusers' timestep k is diffrep's latent x_{k+1}, seen by the net as (k + 1) / T
             tt = torch.full((n,), (int(t) + 1) / T, device=device)
             x = sched.step(ddpm.eps_model(x, tt), t, x).prev_sample
-            H.sync(device)
-            theirs += time.perf_counter() - t0
 
-        H.sync(device)
-        t0 = time.perf_counter()
-        S.ddim(ddpm.eps_model, ddpm.schedule, x_T, steps, progress=their_step)
-        H.sync(device)
-        return {"diffrep ddim": time.perf_counter() - t0 - theirs,
-                "diffusers DDIMScheduler": theirs}  # fmt: skip
+        def ours(progress) -> None:
+            S.ddim(ddpm.eps_model, ddpm.schedule, x_T, steps, progress=progress)
+
+        sec, theirs = H.inside(ours, their_step, every=1, device=device)
+        return {"diffrep ddim": sec, "diffusers DDIMScheduler": setup + sum(theirs)}
 
     lockstep()  # warm-up
     runs = [lockstep() for _ in range(5)]

@@ -4,7 +4,8 @@ On Linux, glibc serves a large block from pages freshly mapped from the OS (mmap
 the top of its heap back to the OS on free (trim). A network's forward pass allocates and frees
 activations of megabytes each call ([128, 16, 28, 28] in float32 is 6.4 MB), so every call then
 touches new pages: one page fault per 4 KiB, and on a virtual machine a fault costs microseconds.
-A U-Net sampling loop on the reference machine took 1.1M faults, 2.5 s of kernel time in 11 s.
+On the reference machine a loop of U-Net, decoder and prior calls took 1.1M faults: 2.5 s of
+kernel time in 11 s of CPU time.
 `keep_freed_memory` raises malloc's mmap and trim thresholds (mallopt M_MMAP_THRESHOLD and
 M_TRIM_THRESHOLD), so freed blocks stay in the heap and the next tensor reuses them: no faults
 after the first call. benchmarks/bench_allocator.py measures it in fresh processes in turn.

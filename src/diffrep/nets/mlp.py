@@ -99,7 +99,6 @@ class ResMLP(nn.Module):
             h = block(h, rows)
         return self.out(F.silu(self.norm_out(h)))
 
-    @torch.no_grad()
     def on_grid(self, t: torch.Tensor):
         """This network at a sampler's grid of times t [S]: `at(k, x, cond=None)` = self(x, t[k]).
 
