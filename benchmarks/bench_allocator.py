@@ -107,6 +107,12 @@ def run(quick: bool, device: torch.device) -> dict:
     for what in ("sampling", "training"):
         key = f"{what}: default / kept seconds"
         rec["ratios"][key] = med["default"][f"{what}_s"] / med["kept"][f"{what}_s"]
+    rec["plots"].append({
+        "title": "fresh processes: glibc's default malloc vs freed memory kept", "kind": "bar",
+        "x": ["sampling", "training"],
+        "y": {m: [med[m]["sampling_s"], med[m]["training_s"]] for m in med},
+        "ylabel": "seconds",
+    })  # fmt: skip
     rec["notes"].append(
         f"median of {len(cells['kept'])} fresh processes each, in turn; sampling: 10 DDIM steps "
         "of 128 images, training: 10 steps at batch 16, configs/vdm-mnist.yaml's U-Net, 1 thread"

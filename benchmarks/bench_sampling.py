@@ -3,17 +3,21 @@ equal steps, and diffrep's DDIM loop against diffusers' DDIMScheduler loop aroun
 
 1. Pixel vs latent: a `vdm` with the U-Net of configs/vdm-mnist.yaml (28x28) and a `vae` with a
    `diffusion` prior (T = 200, the README's CPU setting) over a 16-dim z, both untrained (speed
-   does not depend on the weights), sampling the same 128 images with ancestral steps over the
+   does not depend on the weights), sampling the same 256 images (the batch in which
+   `diffrep eval` draws its FID samples, `EvalConfig.batch_size`) with ancestral steps over the
    prior's whole chain (200) and with DDIM-50, the same step count for both. The VAE's time
    includes decoding z to images: one decoder pass costs 1/2.5 to 1/3 of a U-Net step (its
    upsampling convs run as folded transposed convs, `nets.layers.UpConv`), so the ratio grows
    with the step count towards (U-Net step) / (prior step) and is smallest for few steps.
    The two run in turn inside one pixel sampling call: its per-step progress callback makes a
    latent call every steps / 10 steps and times it apart, and the pixel time is the call's total
-   less those. A pixel call lasts 10-60 s, a latent one 0.1-0.3 s: whole calls in turn, the
+   less those. A pixel call lasts 15-70 s, a latent one 0.1-0.5 s: whole calls in turn, the
    earlier design, let a minute of load from a neighbour land on one side only (one pass printed
-   144x where its parts predicted 109x). The U-Net step, the decoder pass and the prior's 50 DDIM
-   steps are also timed apart, in turns, and the note says what ratio they predict at DDIM-50.
+   144x where its parts predicted 109x).
+   The ratio depends on the batch: the prior's steps on a [B, 16] z are a few dozen small ops,
+   whose fixed per-op cost dominates at small B, while the conv nets' cost grows with B. So the
+   U-Net step, the decoder pass and the prior's 50 DDIM steps are also timed apart, in turns, at
+   batches 64 to 512, and the record plots the DDIM-50 ratio these parts predict at each.
 2. Sampler overhead: the same U-Net (a `ddpm`'s, T = 1000) sampled with 50 DDIM steps by
    `diffrep.diffusion.samplers.ddim` and by a loop around diffusers' DDIMScheduler.step, in
    lockstep: our sampler's progress callback takes the diffusers loop's next step and times it
@@ -38,6 +42,7 @@ VDM_UNET = {"base_channels": 16, "channel_mults": (1, 2, 4), "fourier_exponents"
 
 
 def run(quick: bool, device: torch.device) -> dict:
+    from diffrep.eval import EvalConfig
     from diffrep.methods import build_method
 
     rec = H.record(
@@ -46,7 +51,7 @@ def run(quick: bool, device: torch.device) -> dict:
         "diffrep DDIM vs a diffusers DDIMScheduler loop around the same U-Net",
         device,
     )
-    n = 128  # enough images that per-call overheads do not decide the ratio
+    n = EvalConfig.batch_size  # what `diffrep eval` samples at a time (256)
     torch.manual_seed(0)
     vdm = build_method("vdm", (1, 28, 28), unet=VDM_UNET).to(device).eval()
     vae = build_method(
@@ -54,7 +59,12 @@ def run(quick: bool, device: torch.device) -> dict:
         prior_args={"T": 200, "hidden": 128, "depth": 2},
     ).to(device).eval()  # fmt: skip
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    for sampler, steps in (("ancestral", 200), ("ddim", 50)):
+    # (quick: one ancestral call, ~70 s, with its 10 latent calls inside: that ratio is ~2x
+    # its target, and a second call would take a tenth of the quick pass)
+    for sampler, steps, repeats in (
+        ("ancestral", 200, 1 if quick else 3),
+        ("ddim", 50, 2 if quick else 3),
+    ):
 
         def latent(s=sampler, k=steps):
             vae.sample(n, g(), sampler=s, steps=k)
@@ -64,7 +74,7 @@ def run(quick: bool, device: torch.device) -> dict:
 
         latent()  # warm-up: the first call builds the conv primitives (the pixel side: none)
         pixel_sec, latent_sec = [], []
-        for _ in range(2 if quick else 3):
+        for _ in range(repeats):
             p, inner = H.inside(pixel, latent, every=steps // 10, device=device)
             pixel_sec.append(p)
             latent_sec.extend(inner)
@@ -82,28 +92,7 @@ def run(quick: bool, device: torch.device) -> dict:
         "Pixel and latent sampling take turns inside each pixel call: its progress callback "
         "makes a latent call every steps / 10 steps, timed apart; medians over all calls."
     )
-    # What bounds the DDIM ratio: the VAE's one decoder pass against one U-Net step. Even with a
-    # free prior, latent / pixel at k steps is at most k * (U-Net step) / (decoder pass); when
-    # the prior's k steps cost p decoder passes, it is that divided by (1 + p).
-    x, z = torch.randn(n, 1, 28, 28, device=device), torch.randn(n, 16, device=device)
-    t = torch.full((n,), 0.5, device=device)
-    with torch.no_grad():
-        sec = H.interleaved(
-            {"unet": lambda: vdm.eps_model(x, t), "decoder": lambda: vae.decode(z),
-             "prior": lambda: vae.prior.sample(n, g(), sampler="ddim", steps=50)},
-            device, reps=3 if quick else 5,
-        )  # fmt: skip
-    step_per_decode = sec["unet"] / sec["decoder"]
-    prior_per_decode = sec["prior"] / sec["decoder"]
-    rec["ratios"]["U-Net step / VAE decoder pass"] = step_per_decode
-    rec["ratios"]["latent prior's 50 DDIM steps / VAE decoder pass"] = prior_per_decode
-    rec["notes"].append(
-        f"One U-Net step costs {step_per_decode:.2f} decoder passes, so even a free prior would "
-        f"give at most {50 * step_per_decode:.0f}x at DDIM-50 ({200 * step_per_decode:.0f}x at "
-        "200 steps): below 100x at 50 steps whenever the step costs less than 2 decoder passes. "
-        f"The prior's 50 steps cost {prior_per_decode:.2f} decoder passes, so these parts predict "
-        f"{50 * step_per_decode / (1 + prior_per_decode):.0f}x at DDIM-50."
-    )
+    parts(rec, vdm, vae, n, quick, device)
     rec.update(overhead=sampler_overhead(quick, device))
     o = rec["overhead"]
     rec["rows"].extend(o["rows"])
@@ -114,6 +103,54 @@ def run(quick: bool, device: torch.device) -> dict:
         "network."
     )
     return rec
+
+
+def parts(rec: dict, vdm, vae, n: int, quick: bool, device: torch.device) -> None:
+    """What bounds the DDIM-50 ratio, at batches 64 to 512: one U-Net step, one decoder pass and
+    the prior's 50 steps, all timed in turns. Even with a free prior, latent / pixel at k steps
+    is at most k * (U-Net step) / (decoder pass); when the prior's k steps cost p decoder passes,
+    it is that divided by (1 + p)."""
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    batches = (64, 128, 256, 512)
+    fns = {}
+    for b in batches:
+        x, z = torch.randn(b, 1, 28, 28, device=device), torch.randn(b, 16, device=device)
+        t = torch.full((b,), 0.5, device=device)
+        fns |= {
+            f"unet {b}": lambda x=x, t=t: vdm.eps_model(x, t),
+            f"decoder {b}": lambda z=z: vae.decode(z),
+            f"prior {b}": lambda b=b: vae.prior.sample(b, g(), sampler="ddim", steps=50),
+        }
+    with torch.no_grad():
+        sec = H.interleaved(fns, device, reps=3 if quick else 5)
+    predicted = {}
+    for b in batches:
+        unet, decoder, prior = sec[f"unet {b}"], sec[f"decoder {b}"], sec[f"prior {b}"]
+        predicted[b] = 50 * unet / (decoder + prior)
+        rec["rows"].append(
+            {"compare": "parts", "images": b, "U-Net step ms": 1e3 * unet,
+             "decoder pass ms": 1e3 * decoder, "prior 50 DDIM steps ms": 1e3 * prior,
+             "predicted latent / pixel (DDIM-50)": predicted[b]}
+        )  # fmt: skip
+    step_per_decode = sec[f"unet {n}"] / sec[f"decoder {n}"]
+    prior_per_decode = sec[f"prior {n}"] / sec[f"decoder {n}"]
+    rec["ratios"]["U-Net step / VAE decoder pass"] = step_per_decode
+    rec["ratios"]["latent prior's 50 DDIM steps / VAE decoder pass"] = prior_per_decode
+    rec["notes"].append(
+        f"At {n} images one U-Net step costs {step_per_decode:.2f} decoder passes, so even a free "
+        f"prior would give at most {50 * step_per_decode:.0f}x at DDIM-50 "
+        f"({200 * step_per_decode:.0f}x at 200 steps). The prior's 50 steps cost "
+        f"{prior_per_decode:.2f} decoder passes, so these parts predict {predicted[n]:.0f}x. "
+        "By batch: " + ", ".join(f"{b} images {v:.0f}x" for b, v in predicted.items()) + "."
+    )
+    measured = rec["ratios"]["latent / pixel samples/s (ddim, 50 steps)"]
+    rec["plots"].append({
+        "title": "latent / pixel samples/s, DDIM-50",
+        "x": {"parts predict": list(batches), "measured": [n]},
+        "y": {"parts predict": list(predicted.values()),
+              "measured": [measured]},
+        "xlabel": "images per call", "ylabel": "ratio", "logx": True, "hlines": {"target": 100},
+    })  # fmt: skip
 
 
 def sampler_overhead(quick: bool, device: torch.device) -> dict:

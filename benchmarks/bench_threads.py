@@ -107,6 +107,13 @@ def run(quick: bool, device: torch.device, steps: int = 20, repeats: int = 0, bu
                 "omp_wait": "passive" if passive else "default", "threads": threads,
                 "idle_s": idle, "busy_s": loaded, "busy_over_idle": loaded / idle,
             })  # fmt: skip
+    rec["plots"].append({
+        "title": f"{steps} training steps, idle vs {busy} spinning processes", "kind": "bar",
+        "x": [f"{r['omp_wait']}, {r['threads']} thr" for r in rec["rows"]],
+        "y": {"idle": [r["idle_s"] for r in rec["rows"]],
+              "busy": [r["busy_s"] for r in rec["rows"]]},
+        "ylabel": "seconds", "logy": True,  # (busy with default waiting: 10-100x idle)
+    })  # fmt: skip
     cli = times[(True, 1, 0)], times[(True, 1, busy)]
     rec["ratios"]["busy / idle, passive 1 thread (the CLI default)"] = statistics.median(
         cli[1]

@@ -8,7 +8,8 @@ record in one schema:
      "rows": [{...}, ...],            # one dict per measured configuration (the table)
      "ratios": {"<what>": value},     # the headline ratios (a > b means a is faster / larger)
      "targets": {"<what>": ">= 1.3"}, # the acceptance figure each ratio is read against
-     "plots": [{"title", "x", "y": {series: [...]}, "xlabel", "ylabel", "loglog"}],
+     "plots": [{"title", "x", "y": {series: [...]}, "xlabel", "ylabel",
+                "loglog" | "logx" | "logy", "hlines": {label: y}, "kind": "line" | "bar"}],
      "notes": ["..."],
      "machine": {...}, "time_s": ...}
 
@@ -206,24 +207,43 @@ def write_record(rec: dict, out_dir: Path) -> Path:
     return path
 
 
-def _plot_png(p: dict) -> bytes:
+def plot_figure(p: dict):
+    """The matplotlib Figure of one record plot (schema in the module docstring)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
 
     fig = Figure(figsize=(5.0, 3.4), dpi=100, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    for series, ys in p["y"].items():
-        xs = p["x"][series] if isinstance(p["x"], dict) else p["x"]
-        ax.plot(xs, ys, marker="o", label=series)
+    if p.get("kind") == "bar":  # x: category labels, one bar per series in each
+        width = 0.8 / len(p["y"])
+        for i, (series, ys) in enumerate(p["y"].items()):
+            at = [j + (i - (len(p["y"]) - 1) / 2) * width for j in range(len(ys))]
+            ax.bar(at, ys, width, label=series)
+        ax.set_xticks(range(len(p["x"])), p["x"])
+    else:
+        for series, ys in p["y"].items():
+            xs = p["x"][series] if isinstance(p["x"], dict) else p["x"]
+            ax.plot(xs, ys, marker="o", label=series)
+    for label, y in p.get("hlines", {}).items():  # e.g. a target the values are read against
+        ax.axhline(y, linestyle="--", linewidth=1, color="grey", label=label)
+    if p.get("logx"):  # x in powers of 2 (batch sizes), labelled as plain numbers
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
     if p.get("loglog"):
         ax.set_xscale("log")
+    if p.get("loglog") or p.get("logy"):
         ax.set_yscale("log")
     ax.set_title(p["title"], fontsize=10)
     ax.set_xlabel(p.get("xlabel", ""), fontsize=10)
     ax.set_ylabel(p.get("ylabel", ""), fontsize=10)
     ax.tick_params(labelsize=9)
     ax.legend(fontsize=9)
+    return fig
+
+
+def _plot_png(p: dict) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    plot_figure(p).savefig(buf, format="png")
     return buf.getvalue()
 
 

@@ -81,6 +81,20 @@ def test_record_table_json_and_page(tmp_path):
     assert "b / a" in page and "target &gt;= 1.3" in page and "data:image/png;base64" in page
 
 
+def test_plots_draw_bars_a_log2_axis_and_target_lines():
+    bars = H.plot_figure({"title": "t", "kind": "bar", "x": ["a", "b", "c"],
+                          "y": {"ours": [1.0, 2.0, 3.0], "theirs": [2.0, 2.0, 2.0]},
+                          "hlines": {"target": 0.05}}).axes[0]  # fmt: skip
+    assert sorted(r.get_height() for r in bars.patches) == [1.0, 2.0, 2.0, 2.0, 2.0, 3.0]
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["a", "b", "c"]
+    assert [list(ln.get_ydata()) for ln in bars.get_lines()] == [[0.05, 0.05]]
+    spec = {"title": "t", "x": {"s": [64, 128, 256], "m": [256]},
+            "y": {"s": [1.0, 2.0, 3.0], "m": [2.5]}, "logx": True}  # fmt: skip
+    line = H.plot_figure(spec).axes[0]
+    assert line.get_xscale() == "log" and line.get_yscale() == "linear"
+    assert [list(ln.get_xdata()) for ln in line.get_lines()] == [[64, 128, 256], [256]]
+
+
 def test_fused_optimizer_option_trains_like_the_default(tmp_path):
     """train.fused_optimizer: the fused AdamW kernel, same maths (weights agree to float error)."""
     from diffrep.data import load_dataset
@@ -115,3 +129,5 @@ def test_bench_runs_each_benchmark_in_its_own_process_and_renders_one_page(tmp_p
     assert len(pids) == 2 and bench.os.getpid() not in pids
     page = (out / "bench.html").read_text()
     assert "eval_speed" in page and "scaling" in page
+    assert all(r["plots"] for r in recs)  # a plot per benchmark
+    assert page.count("data:image/png") == sum(len(r["plots"]) for r in recs)
