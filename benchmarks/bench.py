@@ -2,13 +2,15 @@
 
 Each benchmark (train_step, sampling, eval_speed, trainer_overhead, scaling, threads, allocator)
 prints its table and writes OUT/NAME.json in one schema (see harness.py); then OUT/bench.html
-shows them all with a plot per benchmark. The GPU is used when torch sees one, the CPU otherwise.
-Each benchmark runs in its own process, so one cannot slow the next (allocator and thread-pool
-state).
+shows them all with a plot per benchmark, and OUT/summary.md (printed at the end) holds every
+headline ratio with its target in one markdown table: the README's Performance section. The GPU
+is used when torch sees one, the CPU otherwise. Each benchmark runs in its own process, so one
+cannot slow the next (allocator and thread-pool state).
 
     python benchmarks/bench.py --quick            # a few minutes on 2 CPU cores
     python benchmarks/bench.py                    # the full run (about 20 minutes on 2 CPU cores)
     python benchmarks/bench.py --only sampling eval_speed
+    python benchmarks/bench.py --render           # page and summary again from bench/*.json
 
 The settings are the `diffrep` CLI's, so the figures are what a user gets out of the box. Freed
 memory is kept for the next tensor (`diffrep.allocator`; the allocator benchmark measures it
@@ -52,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: the CLI's default; 0: torch's)"
     )
+    p.add_argument(
+        "--render", action="store_true",
+        help="run nothing: rebuild bench.html and summary.md from the records in --out",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.render:
+        return _render(Path(args.out))
     if len(args.only) > 1:
         return _each_in_own_process(args)
 
@@ -79,8 +87,30 @@ def main(argv: list[str] | None = None) -> int:
         records.append(rec)
     if os.environ.get("_DIFFREP_BENCH_CHILD"):
         return 0  # the parent renders the page
+    _finish(records, out)
+    return 0
+
+
+def _finish(records: list[dict], out: Path) -> None:
+    """bench.html and summary.md (the README's table) from the records; print the summary."""
+    import harness as H
+
+    if not records:
+        return
     H.render_html(records, out / "bench.html")
-    print(f"\nwrote {out / 'bench.html'}")
+    text = H.summary_markdown(records)
+    (out / "summary.md").write_text(text)
+    print(f"\n{text}\nwrote {out / 'bench.html'} and {out / 'summary.md'}")
+
+
+def _render(out: Path) -> int:
+    records = [json.loads(f.read_text()) for name in BENCHMARKS
+               if (f := out / f"{name}.json").exists()]  # fmt: skip
+    if not records:
+        print(f"error: no benchmark records (NAME.json) in {out}; fix: run "
+              f"`python benchmarks/bench.py --out {out}` first", file=sys.stderr)  # fmt: skip
+        return 2
+    _finish(records, out)
     return 0
 
 
@@ -91,8 +121,6 @@ def _each_in_own_process(args) -> int:
     batches the trainer-overhead loops ran 1.4x slower (allocator and thread-pool state), and not
     equally for both loops (22% "overhead" against 1% measured alone).
     """
-    import harness as H
-
     out = Path(args.out)
     env = {**os.environ, "_DIFFREP_BENCH_CHILD": "1"}
     flags = ["--out", str(out), "--threads", str(args.threads)] + ["--quick"] * args.quick
@@ -103,8 +131,7 @@ def _each_in_own_process(args) -> int:
             failed.append(name)
             continue
         records.append(json.loads((out / f"{name}.json").read_text()))
-    H.render_html(records, out / "bench.html")
-    print(f"\nwrote {out / 'bench.html'}")
+    _finish(records, out)
     if failed:
         print(f"FAILED: {' '.join(failed)}")
     return 1 if failed else 0

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -188,6 +189,49 @@ def table(rows: list[dict]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
+def target_met(value: float, target: str | None) -> bool | None:
+    """Whether a ratio meets a target written ">= 1.3 ..." or "<= 0.05 ..." (None: no target)."""
+    m = re.match(r"\s*(>=|<=)\s*([-+0-9.eE]+)", target or "")
+    if not m:
+        return None
+    bound = float(m.group(2))
+    return value >= bound if m.group(1) == ">=" else value <= bound
+
+
+def machine_line(records: list[dict]) -> str:
+    m = records[0]["machine"]
+    gflops = next((r["machine"]["matmul_gflops_fp32"] for r in records
+                   if "matmul_gflops_fp32" in r["machine"]), None)  # fmt: skip
+    return (
+        f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch thread(s), torch {m['torch']}, "
+        f"device {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}"
+        + (f", fp32 matmul {gflops:.0f} GFLOP/s" if gflops else "")
+        + (", quick pass" if records[0].get("quick") else "")
+    )
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """Every headline ratio of every record, with its target and whether it is met."""
+    rows = []
+    for rec in records:
+        for k, v in rec["ratios"].items():
+            target = rec["targets"].get(k)
+            met = {True: "yes", False: "NO"}.get(target_met(v, target), "")
+            rows.append({"benchmark": rec["name"], "ratio": k, "value": _fmt(v),
+                         "target": target or "-", "met": met})  # fmt: skip
+    return rows
+
+
+def summary_markdown(records: list[dict]) -> str:
+    """The pass in one markdown table (what the README's Performance section shows)."""
+    rows = summary_rows(records)
+    out = [machine_line(records) + ".", "", "| benchmark | ratio | value | target | met |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    out += [f"| {r['benchmark']} | {r['ratio']} | {r['value']} | {r['target']} | {r['met']} |"
+            for r in rows]  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 def print_record(rec: dict) -> None:
     print(f"\n== {rec['name']}: {rec['compared']}")
     print(table(rec["rows"]))
@@ -269,12 +313,11 @@ def render_html(records: list[dict], path: Path) -> None:
         "<h1>diffrep benchmarks</h1>",
     ]
     if records:
-        m = records[0]["machine"]
         parts.append(
-            f"<p>{html.escape(m['cpu'])}, {m['threads']} threads, torch {m['torch']}, "
-            f"device {m['device']}{' (' + m['gpu'] + ')' if m.get('gpu') else ''}. "
+            f"<p>{html.escape(machine_line(records))}. "
             "Speeds are ratios measured side by side in one run.</p>"
         )
+        parts.append(_html_table(summary_rows(records)))
     for rec in records:
         parts.append(f"<h2>{html.escape(rec['name'])}</h2><p>{html.escape(rec['compared'])}</p>")
         if rec["ratios"]:

@@ -81,6 +81,21 @@ def test_record_table_json_and_page(tmp_path):
     assert "b / a" in page and "target &gt;= 1.3" in page and "data:image/png;base64" in page
 
 
+def test_summary_reads_each_ratio_against_its_target():
+    assert H.target_met(1.41, ">= 1.3 (diffrep / diffusers images/s)") is True
+    assert H.target_met(0.98, ">= 1 (at least as fast)") is False
+    assert H.target_met(2e-12, "<= 1e-3") is True and H.target_met(0.06, "<= 0.05") is False
+    assert H.target_met(3.0, None) is None and H.target_met(3.0, "-") is None
+    a = H.record("a", "x vs y", torch.device("cpu"))
+    a["ratios"] |= {"speed": 1.41, "overhead": 0.06, "exponent": 0.88}
+    a["targets"] |= {"speed": ">= 1.3", "overhead": "<= 0.05"}
+    lines = H.summary_markdown([a]).splitlines()
+    assert lines[0].startswith(a["machine"]["cpu"]) and "torch thread" in lines[0]
+    assert lines[4:] == ["| a | speed | 1.41 | >= 1.3 | yes |",
+                         "| a | overhead | 0.06 | <= 0.05 | NO |",
+                         "| a | exponent | 0.88 | - |  |"]  # fmt: skip
+
+
 def test_plots_draw_bars_a_log2_axis_and_target_lines():
     bars = H.plot_figure({"title": "t", "kind": "bar", "x": ["a", "b", "c"],
                           "y": {"ours": [1.0, 2.0, 3.0], "theirs": [2.0, 2.0, 2.0]},
@@ -131,3 +146,12 @@ def test_bench_runs_each_benchmark_in_its_own_process_and_renders_one_page(tmp_p
     assert "eval_speed" in page and "scaling" in page
     assert all(r["plots"] for r in recs)  # a plot per benchmark
     assert page.count("data:image/png") == sum(len(r["plots"]) for r in recs)
+    summary = (out / "summary.md").read_text()
+    assert summary == H.summary_markdown(recs) and summary in capsys.readouterr().out
+    assert "| eval_speed | relative FID difference, d=256 |" in summary
+    # --render rebuilds both from the records alone, in the benchmarks' order
+    (out / "summary.md").unlink()
+    assert bench.main(["--render", "--out", str(out)]) == 0
+    assert (out / "summary.md").read_text() == summary
+    assert bench.main(["--render", "--out", str(tmp_path / "empty")]) == 2
+    assert "no benchmark records" in capsys.readouterr().err
