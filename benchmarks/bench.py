@@ -8,7 +8,7 @@ is used when torch sees one, the CPU otherwise. Each benchmark runs in its own p
 cannot slow the next (allocator and thread-pool state).
 
     python benchmarks/bench.py --quick            # a few minutes on 2 CPU cores
-    python benchmarks/bench.py                    # the full run (about 20 minutes on 2 CPU cores)
+    python benchmarks/bench.py                    # the full run (about 30 minutes on 2 CPU cores)
     python benchmarks/bench.py --only sampling eval_speed
     python benchmarks/bench.py --render           # page and summary again from bench/*.json
 
