@@ -104,8 +104,14 @@ def _finish(records: list[dict], out: Path) -> None:
 
 
 def _render(out: Path) -> int:
-    records = [json.loads(f.read_text()) for name in BENCHMARKS
-               if (f := out / f"{name}.json").exists()]  # fmt: skip
+    records = []
+    for f in (out / f"{name}.json" for name in BENCHMARKS):
+        try:
+            records += [json.loads(f.read_text())] if f.exists() else []
+        except (OSError, ValueError) as e:
+            fix = f"rerun it: `python benchmarks/bench.py --only {f.stem} --out {out}`"
+            print(f"error: cannot read the record {f} ({e}); fix: {fix}", file=sys.stderr)
+            return 2
     if not records:
         print(f"error: no benchmark records (NAME.json) in {out}; fix: run "
               f"`python benchmarks/bench.py --out {out}` first", file=sys.stderr)  # fmt: skip

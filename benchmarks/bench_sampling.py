@@ -111,7 +111,7 @@ def parts(rec: dict, vdm, vae, n: int, quick: bool, device: torch.device) -> Non
     is at most k * (U-Net step) / (decoder pass); when the prior's k steps cost p decoder passes,
     it is that divided by (1 + p)."""
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    batches = (64, 128, 256, 512)
+    batches = sorted({64, 128, 256, 512, n})  # (n: the measured calls' batch)
     fns = {}
     for b in batches:
         x, z = torch.randn(b, 1, 28, 28, device=device), torch.randn(b, 16, device=device)

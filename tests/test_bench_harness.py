@@ -155,3 +155,6 @@ def test_bench_runs_each_benchmark_in_its_own_process_and_renders_one_page(tmp_p
     assert (out / "summary.md").read_text() == summary
     assert bench.main(["--render", "--out", str(tmp_path / "empty")]) == 2
     assert "no benchmark records" in capsys.readouterr().err
+    (out / "scaling.json").write_text('{"name": "scal')  # cut short
+    assert bench.main(["--render", "--out", str(out)]) == 2
+    assert "--only scaling" in capsys.readouterr().err
