@@ -24,7 +24,7 @@ test: install
 	$(PY) -m pytest
 
 # Benchmarks (not tests): ratios measured side by side, JSON + bench/bench.html + bench/summary.md.
-# bench-quick: 6-8 minutes on 2 CPU cores (under 10); bench: the full run, about 30 there.
+# bench-quick: about 8 minutes on 2 CPU cores (under 10); bench: the full run, about 30 there.
 bench: install
 	$(PY) benchmarks/bench.py --out bench
 

@@ -88,7 +88,7 @@ def run_cell(threads: int, steps: int, passive: bool, busy: int) -> float:
 def run(quick: bool, device: torch.device, steps: int = 20, repeats: int = 0, busy: int = 0):
     rec = H.record(
         "threads",
-        "seconds for 20 steps of the demo's VAE on an idle vs a busy CPU (busy: one spinning "
+        f"seconds for {steps} steps of the demo's VAE on an idle vs a busy CPU (busy: one spinning "
         "process per core), default vs passive OpenMP waiting, 1 vs 2 threads",
         device,
     )
