@@ -144,4 +144,10 @@ def _each_in_own_process(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: the finished benchmarks' records are kept
+        if not os.environ.get("_DIFFREP_BENCH_CHILD"):
+            msg = "the finished benchmarks' records are in --out; `bench.py --render` pages them"
+            print(f"\ninterrupted: {msg}", file=sys.stderr)
+        sys.exit(130)
