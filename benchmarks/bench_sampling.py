@@ -41,6 +41,11 @@ import harness as H  # noqa: E402
 VDM_UNET = {"base_channels": 16, "channel_mults": (1, 2, 4), "fourier_exponents": (6, 7, 8)}
 
 
+def g() -> torch.Generator:
+    """The same seed for every sampling call, so both sides draw the same noise each time."""
+    return torch.Generator().manual_seed(0)
+
+
 def run(quick: bool, device: torch.device) -> dict:
     from diffrep.eval import EvalConfig
     from diffrep.methods import build_method
@@ -58,7 +63,6 @@ def run(quick: bool, device: torch.device) -> dict:
         "vae", (1, 28, 28), latent_dim=16, width=16, prior="diffusion",
         prior_args={"T": 200, "hidden": 128, "depth": 2},
     ).to(device).eval()  # fmt: skip
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     # (quick: one ancestral call, ~70 s, with its 10 latent calls inside: that ratio is ~2x
     # its target, and a second call would take a tenth of the quick pass)
     for sampler, steps, repeats in (
@@ -110,7 +114,6 @@ def parts(rec: dict, vdm, vae, n: int, quick: bool, device: torch.device) -> Non
     the prior's 50 steps, all timed in turns. Even with a free prior, latent / pixel at k steps
     is at most k * (U-Net step) / (decoder pass); when the prior's k steps cost p decoder passes,
     it is that divided by (1 + p)."""
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     batches = sorted({64, 128, 256, 512, n})  # (n: the measured calls' batch)
     fns = {}
     for b in batches:
